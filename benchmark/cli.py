@@ -1,0 +1,52 @@
+"""The ``invbench`` command line. Exit codes: 0 success, 2 usage or input error, 1 a run failed."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from benchmark.errors import InvbenchError
+
+# Each module adds its subcommands with register(subparsers) and sets func on them.
+COMMAND_MODULES = ("listing", "run", "sweep", "collect", "compare", "demo")
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="invbench",
+        description="Benchmark invariance-learning methods: does a method find the invariant signal, or the spurious one?",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"benchmark.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"benchmark.commands.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from benchmark.runner import RunFailedError
+
+    try:
+        return int(args.func(args) or 0)
+    except InvbenchError as exc:
+        print(f"invbench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RunFailedError as exc:
+        print(f"invbench: {exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

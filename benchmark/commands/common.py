@@ -1,0 +1,51 @@
+"""Argument helpers shared by subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from benchmark.errors import ConfigError
+
+
+def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
+    """["a=1", "b=x"] -> {"a": "1", "b": "x"}; values are converted by the declarations."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"{what} must look like name=value; got {item!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", "-d", required=True, help="a registered dataset (invbench list datasets)")
+    parser.add_argument("--method", "-m", required=True, help="a registered method (invbench list methods)")
+    parser.add_argument("--option", "-o", action="append", metavar="NAME=VALUE", help="dataset option (repeatable)")
+    parser.add_argument("--set", action="append", metavar="NAME=VALUE", dest="overrides",
+                        help="hyperparameter value (repeatable); wins over the draw and the preset")
+    parser.add_argument("--preset", help="a method's named hyperparameter preset, e.g. irm-paper")
+    parser.add_argument("--test-env", type=int, action="append", dest="test_envs",
+                        help="test environment index (repeatable; default: the dataset's)")
+    parser.add_argument("--trial", type=int, default=0, help="data seed (default 0)")
+    parser.add_argument("--hparams-seed", type=int, default=0, help="hyperparameter draw; 0 = defaults")
+    parser.add_argument("--steps", type=int, help="training steps (default: the dataset's or preset's)")
+    parser.add_argument("--eval-every", type=int, help="evaluate every N steps")
+    parser.add_argument("--holdout", type=float, dest="holdout_fraction", help="fraction held out as 'val'")
+    parser.add_argument("--model", help="model (default: the dataset's): mlp, mlp_grayscale, linear, linear_nobias, cnn")
+    parser.add_argument("--data-dir", help="where image datasets look for data (or INVBENCH_DATA)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+
+
+def spec_from_args(args: argparse.Namespace):
+    from benchmark.spec import make_spec
+
+    return make_spec(
+        args.dataset, args.method,
+        dataset_options=parse_assignments(args.option, "--option"),
+        test_envs=args.test_envs, trial=args.trial, hparams_seed=args.hparams_seed,
+        overrides=parse_assignments(args.overrides, "--set"), preset=args.preset,
+        steps=args.steps, eval_every=args.eval_every, holdout_fraction=args.holdout_fraction,
+        model=args.model, data_dir=args.data_dir, device=args.device,
+    )

@@ -1,0 +1,120 @@
+"""What a dataset family builds: named environments with tensors per split.
+
+Split names: "train" is what the method trains on; "val" is the holdout of the same
+environment (DomainBed's "out" split) when the holdout fraction is positive; "test" is a
+separate evaluation split where a protocol defines one (the linear unit tests shuffle
+the spurious block there). Data are built deterministically from (options, data seed),
+kept in memory, moved to the device once and indexed directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping
+
+import torch
+
+from benchmark.errors import ConfigError
+from benchmark.hparams import HParam, validate_overrides
+from benchmark.tasks import Task
+
+TRAIN, VAL, TEST = "train", "val", "test"
+
+
+@dataclass
+class Environment:
+    name: str
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. the colour-flip probability
+
+    def size(self, split: str = TRAIN) -> int:
+        return len(self.splits[split][1])
+
+    def to(self, device: torch.device) -> "Environment":
+        self.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in self.splits.items()}
+        return self
+
+
+@dataclass
+class Dataset:
+    envs: list[Environment]
+    task: Task
+    input_shape: tuple[int, ...]
+    n_outputs: int
+    source: dict[str, Any]  # name, location, n_images: travels with every result
+    metadata: dict[str, Any] = field(default_factory=dict)
+    # Extra metrics of a trained model, e.g. the SEMs' coefficient errors.
+    extra_metrics: Callable[[torch.nn.Module], dict[str, float]] | None = None
+
+    @property
+    def env_names(self) -> list[str]:
+        return [env.name for env in self.envs]
+
+    def to(self, device: torch.device) -> "Dataset":
+        for env in self.envs:
+            env.to(device)
+        return self
+
+
+class DatasetFamily:
+    """Base class of registered datasets. Subclasses set the class attributes and build()."""
+
+    name: ClassVar[str] = ""
+    task: ClassVar[str] = "binary"
+    options: ClassVar[dict[str, HParam]] = {}
+    # Changes to the training hyperparameters' defaults (batch size, width, ...).
+    hparam_defaults: ClassVar[dict[str, Any]] = {}
+    default_steps: ClassVar[int] = 1000
+    default_eval_every: ClassVar[int] = 100
+    default_holdout_fraction: ClassVar[float] = 0.0
+    default_test_envs: ClassVar[tuple[int, ...]] = ()
+    model: ClassVar[str] = "mlp"  # the default model; a spec may choose another
+
+    @classmethod
+    def model_for(cls, options: Mapping[str, Any]) -> str:
+        return cls.model
+
+    @classmethod
+    def resolve_options(cls, given: Mapping[str, Any] | None) -> dict[str, Any]:
+        """All options with defaults filled in, validated, in a canonical order."""
+        values = {name: opt.default for name, opt in cls.options.items()}
+        values.update(validate_overrides(cls.options, dict(given or {}), f"dataset {cls.name!r} (options)"))
+        cls.check_options(values)
+        return dict(sorted(values.items()))
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Cross-option checks; raise ConfigError."""
+
+    @classmethod
+    def env_names(cls, options: Mapping[str, Any]) -> list[str]:
+        raise NotImplementedError
+
+    @classmethod
+    def check_test_envs(cls, options: Mapping[str, Any], test_envs: tuple[int, ...]) -> None:
+        n = len(cls.env_names(options))
+        bad = [e for e in test_envs if not 0 <= e < n]
+        if bad:
+            raise ConfigError(
+                f"test environment(s) {bad} do not exist in dataset {cls.name!r}: "
+                f"its environments are 0..{n - 1} ({', '.join(cls.env_names(options))})"
+            )
+        if len(set(test_envs)) == n:
+            raise ConfigError(f"dataset {cls.name!r}: at least one environment must be left for training")
+
+    def build(self, options: Mapping[str, Any], data_seed: int, holdout_fraction: float,
+              data_dir: str | None) -> Dataset:
+        raise NotImplementedError
+
+
+def holdout_split(x: torch.Tensor, y: torch.Tensor, fraction: float, generator: torch.Generator
+                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """A seeded random split into "train" and "val" (the last ``fraction`` of a permutation)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"holdout fraction must be in [0, 1); got {fraction}")
+    if fraction == 0.0:
+        return {TRAIN: (x, y)}
+    perm = torch.randperm(len(y), generator=generator)
+    n_val = int(round(len(y) * fraction))
+    val, train = perm[:n_val], perm[n_val:]
+    return {TRAIN: (x[train], y[train]), VAL: (x[val], y[val])}

@@ -1,0 +1,43 @@
+"""Task types: how logits become a loss and metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+TASK_TYPES = ("binary", "multiclass", "regression")
+
+
+@dataclass(frozen=True)
+class Task:
+    kind: str  # one of TASK_TYPES
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_TYPES:
+            raise ValueError(f"unknown task type {self.kind!r}; allowed: {', '.join(TASK_TYPES)}")
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Binary: BCE with logits (labels 0/1). Multiclass: cross-entropy. Regression: MSE."""
+        if self.kind == "binary":
+            return F.binary_cross_entropy_with_logits(logits.reshape(-1), y.reshape(-1).to(logits.dtype), reduction=reduction)
+        if self.kind == "multiclass":
+            return F.cross_entropy(logits, y.long(), reduction=reduction)
+        return F.mse_loss(logits.reshape(-1), y.reshape(-1).to(logits.dtype), reduction=reduction)
+
+    def metrics(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Sums over the batch, so that chunks add up (divide by the count afterwards)."""
+        loss = self.loss(logits, y, reduction="sum").item()
+        if self.kind == "binary":
+            correct = ((logits.reshape(-1) > 0).to(y.dtype) == y.reshape(-1)).sum().item()
+            return {"loss": loss, "acc": correct}
+        if self.kind == "multiclass":
+            correct = (logits.argmax(dim=1) == y.long()).sum().item()
+            return {"loss": loss, "acc": correct}
+        return {"loss": loss, "mse": loss}
+
+    @property
+    def score_name(self) -> str:
+        """The metric model selection maximises ("acc"), or minimises for regression ("mse")."""
+        return "mse" if self.kind == "regression" else "acc"

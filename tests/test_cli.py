@@ -1,0 +1,52 @@
+import json
+from pathlib import Path
+
+from benchmark.runner import METRICS
+
+
+def test_list_shows_methods_and_datasets(cli):
+    out = cli("list")
+    assert out.returncode == 0, out.stderr
+    assert "erm:" in out.stdout and "linear_sem:" in out.stdout
+    methods_only = cli("list", "methods")
+    assert "linear_sem" not in methods_only.stdout
+
+
+def test_unknown_method_exits_2_and_names_the_close_match(cli, tmp_path):
+    out = cli("run", "--dataset", "linear_sem", "--method", "ermm", "--out", tmp_path)
+    assert out.returncode == 2
+    assert "'erm'" in out.stderr and "unknown method 'ermm'" in out.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_bad_set_value_exits_2(cli, tmp_path):
+    out = cli("run", "-d", "linear_sem", "-m", "erm", "--set", "lr=abc", "--out", tmp_path)
+    assert out.returncode == 2 and "lr='abc'" in out.stderr
+    out = cli("run", "-d", "linear_sem", "-m", "erm", "--set", "lr", "--out", tmp_path)
+    assert out.returncode == 2 and "name=value" in out.stderr
+
+
+def test_usage_error_exits_2(cli):
+    assert cli("run", "--dataset", "linear_sem").returncode == 2
+
+
+def test_run_twice_writes_identical_metric_lines_and_collect_reads_them(cli, tmp_path):
+    args = ["run", "-d", "linear_sem", "-m", "erm", "--steps", "50", "--eval-every", "25", "-o", "n_per_env=300"]
+    first = cli(*args, "--out", tmp_path / "a")
+    second = cli(*args, "--out", tmp_path / "b")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    dir_a, dir_b = Path(first.stdout.strip()), Path(second.stdout.strip())
+    assert dir_a.name == dir_b.name
+    assert (dir_a / METRICS).read_bytes() == (dir_b / METRICS).read_bytes()
+    table = cli("collect", tmp_path / "a")
+    assert table.returncode == 0, table.stderr
+    assert "| linear_sem | erm | sigma=5 |" in table.stdout
+    last = json.loads((dir_a / METRICS).read_text().splitlines()[-1])
+    assert f"{last['envs']['sigma=5']['train']['mse']:.4g}" in table.stdout
+
+
+def test_failing_run_exits_1(cli, tmp_path):
+    out = cli("run", "-d", "linear_sem", "-m", "erm", "--set", "batch_size=5000", "--out", tmp_path)
+    assert out.returncode == 1
+    assert "fewer than batch_size=5000" in out.stderr
+    assert list(tmp_path.glob("*/error.json"))

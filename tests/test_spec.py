@@ -1,0 +1,100 @@
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmark.errors import ConfigError, UnknownNameError
+from benchmark.spec import RunSpec, make_spec
+
+
+def test_same_spec_gives_the_same_id_in_a_new_process():
+    spec = make_spec("linear_sem", "erm", trial=3, hparams_seed=2)
+    code = ("from benchmark.spec import make_spec; "
+            "print(make_spec('linear_sem', 'erm', trial=3, hparams_seed=2).run_id)")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == spec.run_id
+    # and the id is a hash of content, not of object identity or dict order
+    assert len(spec.run_id) == 64
+
+
+def test_changed_hyperparameter_gives_a_new_id():
+    base = make_spec("linear_sem", "erm")
+    changed = make_spec("linear_sem", "erm", overrides={"lr": 0.02})
+    assert base.run_id != changed.run_id
+    assert changed.hparams["lr"] == 0.02
+
+
+def test_each_identity_field_changes_the_id():
+    base = make_spec("linear_sem", "erm")
+    variants = [
+        make_spec("linear_sem", "erm", trial=1),
+        make_spec("linear_sem", "erm", hparams_seed=1),
+        make_spec("linear_sem", "erm", steps=10),
+        make_spec("linear_sem", "erm", eval_every=7),
+        make_spec("linear_sem", "erm", test_envs=[1]),
+        make_spec("linear_sem", "erm", dataset_options={"scramble": "true"}),
+        make_spec("linear_sem", "erm", holdout_fraction=0.2),
+        make_spec("linear_sem", "erm", model="linear"),
+    ]
+    ids = {base.run_id, *(v.run_id for v in variants)}
+    assert len(ids) == len(variants) + 1
+
+
+def test_data_directory_and_device_do_not_change_the_id():
+    base = make_spec("linear_sem", "erm")
+    moved = make_spec("linear_sem", "erm", data_dir="/somewhere/else", device="cpu")
+    assert moved.run_id == base.run_id
+    assert moved.dirname == base.dirname
+    assert "data_dir" not in base.canonical_json() and "device" not in base.canonical_json()
+
+
+def test_run_directory_name_is_readable():
+    spec = make_spec("linear_sem", "erm", trial=4, hparams_seed=7, test_envs=[2])
+    assert spec.dirname == f"linear_sem-erm-test2-trial4-hp7-{spec.run_id[:10]}"
+
+
+def test_spec_round_trips_through_json():
+    spec = make_spec("linear_sem", "erm", dataset_options={"env_sigmas": "0.5,1,3"}, data_dir="/d")
+    again = RunSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec
+    assert again.run_id == spec.run_id
+
+
+def test_spec_is_frozen():
+    spec = make_spec("linear_sem", "erm")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.steps = 3
+
+
+def test_hyperparameter_draws_are_seeded_per_name_and_zero_is_defaults():
+    default = make_spec("linear_sem", "erm", hparams_seed=0)
+    assert default.hparams["lr"] == 0.01  # the dataset's default
+    draw = make_spec("linear_sem", "erm", hparams_seed=5)
+    assert draw.hparams["lr"] != 0.01
+    assert 10 ** -4.5 <= draw.hparams["lr"] <= 10 ** -2.5
+    # the same draw, asked again, is the same
+    assert make_spec("linear_sem", "erm", hparams_seed=5).hparams == draw.hparams
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lr": "-1"}, "out of range"),
+    ({"lr": "fast"}, "is not float"),
+    ({"batch_size": "2.5"}, "is not int"),
+    ({"lrr": "0.1"}, "did you mean 'lr'"),
+])
+def test_bad_hyperparameters_say_what_is_allowed(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        make_spec("linear_sem", "erm", overrides=overrides)
+
+
+def test_bad_options_and_names_are_errors():
+    with pytest.raises(ConfigError, match="one of 'sigma', 'unit'"):
+        make_spec("linear_sem", "erm", dataset_options={"y_noise": "loud"})
+    with pytest.raises(ConfigError, match="do not exist"):
+        make_spec("linear_sem", "erm", test_envs=[5])
+    with pytest.raises(UnknownNameError):
+        make_spec("linear_sem", "ermm")
+    with pytest.raises(ConfigError, match="no preset"):
+        make_spec("linear_sem", "erm", preset="nope")
