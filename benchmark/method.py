@@ -42,10 +42,13 @@ class Method:
     # Named sets of hyperparameter values (may include "steps"), e.g. a paper's tuned values.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
-    def __init__(self, hparams: Mapping[str, Any], n_envs: int, task: Task):
+    def __init__(self, hparams: Mapping[str, Any], n_envs: int, task: Task,
+                 env_sizes: Sequence[int] | None = None):
         self.hp = dict(hparams)
         self.n_envs = n_envs
         self.task = task
+        # Training examples per environment (group DRO's generalisation adjustment uses them).
+        self.env_sizes = list(env_sizes) if env_sizes is not None else None
 
     def objective(self, model: nn.Module, batches: Sequence[Batch], step: int) -> Objective:
         raise NotImplementedError

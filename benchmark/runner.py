@@ -202,7 +202,8 @@ def _train(spec: RunSpec, run_dir: Path, log: Callable[[str], None]) -> None:
     run_seed = seed_hash("run", spec.trial, spec.hparams_seed)
     torch.manual_seed(run_seed)
     model = build_model(spec.model, dataset.input_shape, dataset.n_outputs, hp).to(device)
-    method: Method = METHODS.get(spec.method)(hp, len(train_envs), dataset.task).to(device)
+    method: Method = METHODS.get(spec.method)(
+        hp, len(train_envs), dataset.task, env_sizes=[dataset.envs[i].size(TRAIN) for i in train_envs]).to(device)
     optimizer = make_optimizer(model, hp)
     sampler = MinibatchSampler(dataset, train_envs, hp["batch_size"], run_seed)
 
