@@ -10,6 +10,9 @@ Files of a run directory:
   checkpoint.pt   model, optimizer, method state and step of the latest evaluation
   done.json       written last, atomically: the run finished
   error.json      the error and traceback of a failed attempt
+  lock            held (fcntl.flock) by the one process training the run: a second process
+                  for the same run gets RunBusyError instead of training it concurrently, and
+                  a launcher tells a running run (lock held) from a stale one (its worker died)
 
 The record at step s describes the model after s updates (the IRM code's "step 500 of
 501" is our step 500). Training resumes from checkpoint.pt: records after the saved step
@@ -18,6 +21,8 @@ are dropped first, so none repeats and none is missing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import time
@@ -36,9 +41,9 @@ from benchmark.models import build_model
 from benchmark.registry import DATASETS, METHODS
 from benchmark.spec import RunSpec
 
-SPEC, DATASET, STARTED, METRICS, TIMING, CHECKPOINT, DONE, ERROR = (
+SPEC, DATASET, STARTED, METRICS, TIMING, CHECKPOINT, DONE, ERROR, LOCK = (
     "spec.json", "dataset.json", "started.json", "metrics.jsonl", "timing.jsonl",
-    "checkpoint.pt", "done.json", "error.json",
+    "checkpoint.pt", "done.json", "error.json", "lock",
 )
 EVAL_CHUNK = 8192
 
@@ -49,6 +54,44 @@ class RunFailedError(RuntimeError):
     def __init__(self, run_dir: Path, message: str):
         super().__init__(f"run {run_dir.name} failed: {message} (traceback in {run_dir / ERROR})")
         self.run_dir = run_dir
+
+
+class RunBusyError(InvbenchError):
+    """Another process holds the run's lock: it is training this run right now."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold the run's exclusive lock (non-blocking). The kernel releases it when the process
+    dies, however it dies, so a held lock means a live worker."""
+    fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunBusyError(f"run {Path(run_dir).name} is being trained by another process (its lock is held)") from None
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_locked(run_dir: Path) -> bool:
+    """Whether a live process is training the run now (its lock is held)."""
+    path = Path(run_dir) / LOCK
+    if not path.exists():
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -168,6 +211,14 @@ def run(spec: RunSpec, out_root: Path | str, *, job_id: str | None = None,
     if (run_dir / DONE).exists():
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        if (run_dir / DONE).exists():  # another process finished it while we waited to start
+            return run_dir
+        _run_locked(spec, run_dir, job_id, log)
+    return run_dir
+
+
+def _run_locked(spec: RunSpec, run_dir: Path, job_id: str | None, log: Callable[[str], None] | None) -> None:
     spec_path = run_dir / SPEC
     if spec_path.exists() and read_json(spec_path).get("run_id") != spec.run_id:
         raise InvbenchError(f"{run_dir} holds a different run (spec id mismatch); move it away")
@@ -182,7 +233,6 @@ def run(spec: RunSpec, out_root: Path | str, *, job_id: str | None = None,
             "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
         })
         raise RunFailedError(run_dir, f"{type(exc).__name__}: {exc}") from exc
-    return run_dir
 
 
 def _train(spec: RunSpec, run_dir: Path, log: Callable[[str], None]) -> None:

@@ -1,0 +1,44 @@
+"""The inline executor: runs the specs one after another in this process (for debugging:
+breakpoints and tracebacks work as usual)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Sequence
+
+from benchmark.sweep.executors.base import InProcessExecutor, LauncherLock
+from benchmark.sweep.progress import Progress
+from benchmark.sweep.state import write_launch
+
+
+class InlineExecutor(InProcessExecutor):
+    kind = "inline"
+
+    def submit(self, specs: Sequence[Any]) -> list[str]:
+        import torch
+
+        from benchmark.runner import RunBusyError, RunFailedError, run
+
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        with LauncherLock(self.out_root) as lock:
+            for spec in specs:
+                write_launch(self.out_root / spec.dirname, self.kind, lock.job_id, **lock.launch_fields())
+            progress = Progress(len(specs), 1)
+            done = failed = 0
+            for spec in specs:
+                progress.update(done, failed, 1)
+                start = time.monotonic()
+                try:
+                    run(spec, self.out_root, job_id=lock.job_id)
+                    done += 1
+                    progress.wall_times.append(time.monotonic() - start)
+                except RunFailedError as exc:
+                    failed += 1
+                    print(f"\n{exc}", file=sys.stderr)
+                except RunBusyError as exc:
+                    print(f"\n{exc}; left to it", file=sys.stderr)
+            progress.update(done, failed, 0)
+            progress.close()
+        return [lock.job_id]

@@ -1,0 +1,158 @@
+"""The local executor: a pool of worker processes on this machine.
+
+Workers are spawned (no forked torch state), each with ``threads`` torch threads, and take
+one spec at a time from a queue, so one failing run never stops the others. A worker dies
+with its launcher (Linux's PR_SET_PDEATHSIG): after a SIGKILL of the launcher nothing keeps
+training unseen, the runs' locks are released by the kernel, their state reads "stale",
+and the next launch resumes each from its checkpoint. Ctrl-C stops the workers the same
+way (SIGTERM, not an exception), so an interrupted run is stale, never "failed".
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import time
+from typing import Any, Sequence
+
+from benchmark.sweep.executors.base import InProcessExecutor, LauncherLock
+from benchmark.sweep.progress import Progress
+from benchmark.sweep.state import write_launch
+
+PR_SET_PDEATHSIG = 1
+
+
+def default_workers(settings: Any) -> int:
+    return settings.workers or os.cpu_count() or 1
+
+
+def default_threads(settings: Any) -> int:
+    return settings.threads or max(1, (os.cpu_count() or 1) // default_workers(settings))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the orphan finishes its run, then its queue is gone
+        pass
+    if os.getppid() != parent_pid:  # the launcher died before prctl took effect
+        os._exit(1)
+
+
+def _worker(tasks: Any, results: Any, out_root: str, threads: int, job_id: str, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides what Ctrl-C does
+    import torch
+
+    from benchmark.runner import RunBusyError, RunFailedError, run
+
+    torch.set_num_threads(threads)
+    while True:
+        item = tasks.get()
+        if item is None:
+            return
+        index, spec = item
+        results.put(("start", index, os.getpid(), ""))
+        start = time.monotonic()
+        try:
+            run(spec, out_root, job_id=job_id)
+            results.put(("done", index, time.monotonic() - start, ""))
+        except RunFailedError as exc:
+            results.put(("failed", index, 0.0, str(exc)))
+        except RunBusyError as exc:
+            results.put(("busy", index, 0.0, str(exc)))
+        except Exception as exc:  # a spec that cannot even start (e.g. its directory holds another run)
+            results.put(("failed", index, 0.0, f"{type(exc).__name__}: {exc}"))
+
+
+class LocalExecutor(InProcessExecutor):
+    kind = "local"
+
+    def submit(self, specs: Sequence[Any]) -> list[str]:
+        if not specs:
+            return []
+        n_workers = min(default_workers(self.settings), len(specs))
+        threads = default_threads(self.settings)
+        ctx = mp.get_context("spawn")
+        tasks, results = ctx.Queue(), ctx.Queue()
+        with LauncherLock(self.out_root) as lock:
+            for spec in specs:
+                write_launch(self.out_root / spec.dirname, self.kind, lock.job_id, **lock.launch_fields())
+            for item in enumerate(specs):
+                tasks.put(item)
+            print(f"local: {len(specs)} run(s) on {n_workers} worker(s) x {threads} torch thread(s)", file=sys.stderr)
+            workers: dict[int, Any] = {}
+
+            def start_worker() -> None:
+                tasks.put(None)  # one stop marker per worker, after the specs
+                proc = ctx.Process(target=_worker, args=(tasks, results, str(self.out_root), threads,
+                                                         lock.job_id, os.getpid()), daemon=True)
+                proc.start()
+                workers[proc.pid] = proc
+
+            for _ in range(n_workers):
+                start_worker()
+            progress = Progress(len(specs), n_workers)
+            running: dict[int, int] = {}  # spec index -> worker pid
+            done = failed = 0
+            finished: set[int] = set()
+            try:
+                while len(finished) < len(specs):
+                    progress.update(done, failed, len(running))
+                    try:
+                        kind, index, value, message = results.get(timeout=1.0)
+                    except queue.Empty:
+                        self._reap_dead(workers, running, finished, start_worker, specs)
+                        if not workers:
+                            break
+                        continue
+                    if kind == "start":
+                        running[index] = value
+                        continue
+                    running.pop(index, None)
+                    finished.add(index)
+                    if kind == "done":
+                        done += 1
+                        progress.wall_times.append(value)
+                    elif kind == "failed":
+                        failed += 1
+                        print(f"\n{message}" if progress.tty else message, file=sys.stderr)
+                    else:  # busy: another process trains it; it is not ours to count
+                        print(f"\n{message}; left to it" if progress.tty else f"{message}; left to it",
+                              file=sys.stderr)
+                progress.update(done, failed, len(running))
+                progress.close()
+            except KeyboardInterrupt:
+                print("\ninterrupted: stopping the workers; `invbench sweep launch` resumes the runs",
+                      file=sys.stderr)
+                raise
+            finally:
+                for proc in workers.values():
+                    if proc.is_alive():
+                        proc.terminate()
+                for proc in workers.values():
+                    proc.join(timeout=10)
+        return [lock.job_id]
+
+    @staticmethod
+    def _reap_dead(workers: dict, running: dict, finished: set, start_worker, specs) -> int:
+        """A worker killed from outside (OOM killer) loses its run: report it and replace the worker."""
+        lost = 0
+        for pid, proc in list(workers.items()):
+            if proc.is_alive():
+                continue
+            del workers[pid]
+            orphans = [index for index, worker in running.items() if worker == pid]
+            for index in orphans:
+                running.pop(index)
+                finished.add(index)
+                lost += 1
+                print(f"worker {pid} died (exit code {proc.exitcode}) while running {specs[index].dirname}; "
+                      "it is stale: `invbench sweep launch` resumes it", file=sys.stderr)
+            if proc.exitcode != 0:
+                start_worker()
+        return lost

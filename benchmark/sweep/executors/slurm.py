@@ -1,0 +1,176 @@
+"""The SLURM executor: one submitit job array per launch.
+
+Each array task runs ``runs_per_task`` specs in order (many short runs share one task).
+On pre-emption or the time limit, SLURM signals the task; submitit calls
+``RunTask.checkpoint``, which hands back the same task, and requeues it; the requeued task
+skips finished runs and resumes the interrupted one from its last checkpoint.pt (the
+runner drops records after the saved step, so none repeats and none is missing).
+Job states come from sacct (submitit's parser): accounting must be enabled.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Sequence
+
+from benchmark.errors import ConfigError
+from benchmark.sweep.executors.base import Executor
+from benchmark.sweep.state import JobState, write_launch
+
+SUBMITIT_FOLDER = ".submitit"
+PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED",
+           "STAGE_OUT"}
+RUNNING = {"RUNNING", "COMPLETING", "SIGNALING"}
+# Gone without being the run's fault: the run is stale and `launch` starts it again.
+CANCELLED = {"CANCELLED", "PREEMPTED", "COMPLETED"}
+
+
+class RunTask:
+    """The callable of one array task: its specs, run in order with benchmark.runner.run."""
+
+    def __init__(self, specs: Sequence[Any], out_root: str, threads: int):
+        self.specs = [spec.to_dict() for spec in specs]  # plain data: pickles across versions
+        self.out_root = out_root
+        self.threads = threads
+
+    def __call__(self) -> list[str]:
+        import torch
+
+        from benchmark.runner import RunBusyError, RunFailedError, run
+        from benchmark.spec import RunSpec
+
+        torch.set_num_threads(self.threads)
+        failures, finished = [], []
+        for data in self.specs:
+            spec = RunSpec.from_dict(data)
+            try:
+                finished.append(str(run(spec, self.out_root)))
+            except RunFailedError as exc:  # the others still run; the task then reports failure
+                failures.append(str(exc))
+            except RunBusyError:
+                pass
+        if failures:
+            raise RuntimeError(f"{len(failures)} of {len(self.specs)} run(s) failed:\n" + "\n".join(failures))
+        return finished
+
+    def checkpoint(self) -> Any:
+        """Called by submitit on pre-emption or timeout: requeue this task as it is. The
+        runner's checkpoint.pt (written at every evaluation) holds the training state."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+class SlurmExecutor(Executor):
+    kind = "slurm"
+
+    @property
+    def folder(self) -> Path:
+        return self.out_root / SUBMITIT_FOLDER
+
+    def check(self) -> None:
+        for binary in ("sbatch", "sacct"):
+            if shutil.which(binary) is None:
+                raise ConfigError(f"the slurm executor needs {binary} on PATH (is this a SLURM login node?); "
+                                  "use --executor local to run here")
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise ConfigError("the slurm executor needs submitit: pip install submitit") from None
+
+    def parameters(self, threads: int) -> dict[str, Any]:
+        s = self.settings.slurm
+        params: dict[str, Any] = {
+            "timeout_min": s.time_min,
+            "cpus_per_task": s.cpus_per_task,
+            "gpus_per_node": s.gpus_per_node,
+            "slurm_array_parallelism": s.array_parallelism,
+            "slurm_signal_delay_s": s.signal_delay_s,
+            "name": s.job_name or f"invbench-{self.sweep_name}",
+            "slurm_setup": list(s.setup),
+            "slurm_additional_parameters": dict(s.additional),
+        }
+        for key in ("partition", "account", "qos"):
+            if getattr(s, key):
+                params[f"slurm_{key}"] = getattr(s, key)
+        if s.mem_gb is not None:
+            params["mem_gb"] = s.mem_gb
+        return params
+
+    def submit(self, specs: Sequence[Any]) -> list[str]:
+        import submitit
+
+        if not specs:
+            return []
+        threads = self.settings.threads or self.settings.slurm.cpus_per_task
+        executor = submitit.AutoExecutor(folder=self.folder, cluster="slurm")
+        executor.update_parameters(**self.parameters(threads))
+        groups = chunks(list(specs), self.settings.runs_per_task)
+        tasks = [RunTask(group, str(self.out_root.resolve()), threads) for group in groups]
+        with executor.batch():
+            jobs = [executor.submit(task) for task in tasks]
+        for job, group in zip(jobs, groups):
+            for spec in group:
+                write_launch(self.out_root / spec.dirname, self.kind, str(job.job_id), folder=str(self.folder))
+        return [str(job.job_id) for job in jobs]
+
+    @classmethod
+    def job_states(cls, launches: Sequence[dict]) -> dict[str, JobState]:
+        ids = sorted({str(launch["job_id"]) for launch in launches})
+        folders = {str(launch["job_id"]): launch.get("folder") for launch in launches}
+        info = sacct(ids)
+        out = {}
+        for job_id in ids:
+            state = (info.get(job_id, {}).get("State") or "UNKNOWN").split()[0].rstrip("+")
+            if state in PENDING:
+                out[job_id] = JobState(alive=True)
+            elif state in RUNNING:
+                out[job_id] = JobState(alive=True, running=True)
+            elif state in CANCELLED or state == "UNKNOWN":
+                what = "unknown to sacct" if state == "UNKNOWN" else state
+                out[job_id] = JobState(alive=False, reason=f"SLURM job {job_id} {what}")
+            else:  # FAILED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, BOOT_FAIL, DEADLINE
+                out[job_id] = JobState(alive=False, failed=True, reason=f"SLURM job {job_id} ended {state}",
+                                       tail=_log_tail(folders.get(job_id), job_id))
+        return out
+
+    @classmethod
+    def cancel(cls, launches: Sequence[dict]) -> list[str]:
+        ids = sorted({str(launch["job_id"]) for launch in launches})
+        if not ids:
+            return []
+        subprocess.run(["scancel", *ids], check=True, capture_output=True, text=True)
+        return [f"scancel {job_id}" for job_id in ids]
+
+
+def sacct(job_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """sacct's view of the jobs (array tasks expanded), keyed by job id like '123_4'."""
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    if not job_ids:
+        return {}
+    command = ["sacct", "-o", "JobID,State,NodeList", "--parsable2"]
+    for main in sorted({job_id.split("_")[0] for job_id in job_ids}):
+        command += ["-j", main]
+    try:
+        output = subprocess.run(command, check=True, capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ConfigError(f"cannot read job states from sacct ({exc}); is SLURM accounting reachable?") from None
+    return SlurmInfoWatcher().read_info(output)
+
+
+def _log_tail(folder: str | None, job_id: str, lines: int = 6) -> str:
+    if not folder:
+        return ""
+    path = Path(folder) / f"{job_id}_0_log.err"
+    try:
+        text = path.read_text(errors="replace").rstrip().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])

@@ -1,0 +1,131 @@
+"""What state each run of a sweep is in, from its directory and its executor.
+
+States:
+  not launched  no launch.json: never submitted
+  queued        submitted; its executor still holds it (SLURM pending, or a live local
+                launcher that has not started it yet)
+  running       a live process holds the run's lock, or SLURM runs the task that runs it
+  done          done.json exists
+  failed        error.json newer than the latest submission (reason: the error and the last
+                lines of its traceback), or a SLURM job that ended badly (OUT_OF_MEMORY, ...)
+  stale         submitted, yet nothing holds it any more: its worker or launcher died, or its
+                job was cancelled, without finishing. `launch` starts stale runs again.
+
+launch.json (written atomically at submission) stores the executor, its job id and the
+submission time: the executor is asked whether that job is still alive.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from benchmark.io import atomic_write_json, read_json
+from benchmark.runner import DONE, ERROR, STARTED, is_locked
+
+LAUNCH = "launch.json"
+NOT_LAUNCHED, QUEUED, RUNNING, DONE_STATE, FAILED, STALE = (
+    "not launched", "queued", "running", "done", "failed", "stale")
+STATES = (NOT_LAUNCHED, QUEUED, RUNNING, DONE_STATE, FAILED, STALE)
+TAIL_LINES = 6
+
+
+@dataclass
+class RunState:
+    spec: Any
+    run_dir: Path
+    state: str
+    reason: str = ""  # why failed or stale
+    tail: str = ""  # the last lines of the traceback
+    executor: str | None = None
+    job_id: str | None = None
+    wall_time: float | None = None  # of a done run
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What an executor says about one job id."""
+
+    alive: bool  # queued or running there
+    running: bool = False  # the task is executing (SLURM RUNNING)
+    reason: str = ""  # why it is gone, when not alive
+    failed: bool = False  # gone in a way that is the run's failure (OOM, time limit), not a cancel
+    tail: str = ""
+
+
+def write_launch(run_dir: Path, executor: str, job_id: str, **extra: Any) -> None:
+    atomic_write_json(Path(run_dir) / LAUNCH, {"executor": executor, "job_id": job_id, "time": time.time(), **extra})
+
+
+def read_launch(run_dir: Path) -> dict | None:
+    try:
+        return read_json(Path(run_dir) / LAUNCH)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return read_json(path)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def error_summary(error: dict) -> tuple[str, str]:
+    reason = f"{error.get('type', 'Error')}: {error.get('message', '')}".strip()
+    lines = [line for line in str(error.get("traceback", "")).rstrip().splitlines() if line.strip()]
+    return reason, "\n".join(lines[-TAIL_LINES:])
+
+
+def run_states(specs: Iterable[Any], out_root: Path) -> list[RunState]:
+    """The state of every spec's run under out_root, asking each executor once for all its jobs."""
+    from benchmark.sweep.executors import executor_class
+
+    specs = list(specs)
+    dirs = [Path(out_root) / spec.dirname for spec in specs]
+    launches = [read_launch(d) for d in dirs]
+    by_kind: dict[str, list[dict]] = {}
+    for launch in launches:
+        if launch is not None:
+            by_kind.setdefault(launch.get("executor", "?"), []).append(launch)
+    jobs: dict[tuple[str, str], JobState] = {}
+    for kind, items in by_kind.items():
+        try:
+            cls = executor_class(kind)
+        except KeyError:
+            continue
+        for job_id, job_state in cls.job_states(items).items():
+            jobs[(kind, job_id)] = job_state
+    return [classify(spec, run_dir, launch, jobs) for spec, run_dir, launch in zip(specs, dirs, launches)]
+
+
+def classify(spec: Any, run_dir: Path, launch: dict | None, jobs: dict[tuple[str, str], JobState]) -> RunState:
+    executor = launch.get("executor") if launch else None
+    job_id = str(launch.get("job_id")) if launch else None
+    done = _read(run_dir / DONE)
+    if done is not None:
+        return RunState(spec, run_dir, DONE_STATE, executor=executor, job_id=job_id, wall_time=done.get("wall_time"))
+    if is_locked(run_dir):
+        return RunState(spec, run_dir, RUNNING, executor=executor, job_id=job_id)
+    error = _read(run_dir / ERROR)
+    if error is not None and (launch is None or error.get("time", 0) >= launch.get("time", 0)):
+        reason, tail = error_summary(error)
+        return RunState(spec, run_dir, FAILED, reason, tail, executor, job_id)
+    if launch is None:
+        if (run_dir / STARTED).exists():
+            return RunState(spec, run_dir, STALE, "started outside a launch and not running")
+        return RunState(spec, run_dir, NOT_LAUNCHED)
+    job = jobs.get((executor, job_id))
+    if job is None:
+        return RunState(spec, run_dir, STALE, f"its {executor} job {job_id} is unknown", executor=executor,
+                        job_id=job_id)
+    if job.alive:
+        started = _read(run_dir / STARTED) or {}
+        # A SLURM task runs its runs in order: only the one it started since the submission runs.
+        mine = str(started.get("job_id")) == job_id and started.get("time", 0) >= launch.get("time", 0)
+        state = RUNNING if job.running and mine else QUEUED
+        return RunState(spec, run_dir, state, executor=executor, job_id=job_id)
+    state = FAILED if job.failed else STALE
+    return RunState(spec, run_dir, state, job.reason, job.tail, executor, job_id)
