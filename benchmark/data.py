@@ -75,6 +75,12 @@ class DatasetFamily:
         return cls.model
 
     @classmethod
+    def default_test_envs_for(cls, options: Mapping[str, Any]) -> tuple[int, ...]:
+        """The test environments when the spec names none; they may move with the options
+        (Colored MNIST's test environments come after however many training ones)."""
+        return cls.default_test_envs
+
+    @classmethod
     def resolve_options(cls, given: Mapping[str, Any] | None) -> dict[str, Any]:
         """All options with defaults filled in, validated, in a canonical order."""
         values = {name: opt.default for name, opt in cls.options.items()}

@@ -161,7 +161,7 @@ def make_spec(
     holdout = family.default_holdout_fraction if holdout_fraction is None else float(holdout_fraction)
     if not 0.0 <= holdout < 1.0:
         raise ConfigError(f"holdout fraction must be in [0, 1); got {holdout}")
-    tests = tuple(sorted(set(family.default_test_envs if test_envs is None else test_envs)))
+    tests = tuple(sorted(set(family.default_test_envs_for(options) if test_envs is None else test_envs)))
     family.check_test_envs(options, tests)
     model = model or family.model_for(options)
     if model not in MODELS:
