@@ -9,6 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytest_plugins = ["slurm_cluster"]  # the session fixture that starts a throwaway SLURM cluster
+
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):
     """Run ``invbench`` in a fresh process, as a user would."""

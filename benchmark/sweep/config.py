@@ -366,7 +366,7 @@ def apply_overrides(config: SweepConfig, **flags: Any) -> SweepConfig:
         merged = {k: v for k, v in dataclasses.asdict(executor.slurm).items()}
         merged.update(slurm)
         merged["setup"] = list(merged["setup"])
-        merged = {k: v for k, v in merged.items() if v is not None}
+        merged = {k: v for k, v in merged.items() if v is not None and v != []}
         executor = dataclasses.replace(executor, slurm=_parse_slurm(merged, "--slurm"))
     leftover = [k for k, v in flags.items() if v is not None]
     if leftover:

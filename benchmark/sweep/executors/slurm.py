@@ -46,7 +46,7 @@ class RunTask:
         for data in self.specs:
             spec = RunSpec.from_dict(data)
             try:
-                finished.append(str(run(spec, self.out_root)))
+                finished.append(str(run(spec, self.out_root, log=_log)))
             except RunFailedError as exc:  # the others still run; the task then reports failure
                 failures.append(str(exc))
             except RunBusyError:
@@ -61,6 +61,10 @@ class RunTask:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self)
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)  # into the task's submitit log (OUT/.submitit/JOBID_0_log.out)
 
 
 def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
