@@ -1,73 +1,72 @@
-"""invbench collect DIR: a leaderboard of finished runs (last checkpoint), Markdown on stdout."""
+"""invbench collect DIR: the leaderboard of the run directories under DIR.
+
+Markdown on stdout by default; --format latex|csv|html; --plots DIR writes the seaborn
+figures; --html FILE writes the self-contained report (tables and plots);
+--save-baseline FILE writes the per-trial values that `invbench compare` reads.
+"""
 
 from __future__ import annotations
 
 import argparse
-import math
+import sys
+import warnings
 from pathlib import Path
+
+SELECTIONS = ("training_domain", "loo", "oracle", "last")
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("collect", help="print a leaderboard of the run directories under DIR")
+    parser = sub.add_parser("collect", help="leaderboard of the run directories under DIR",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", help="a folder of run directories (searched recursively)")
+    parser.add_argument("--selection", "-s", default="training_domain", choices=SELECTIONS,
+                        help="model selection: training-domain validation (default), leave-one-environment-out, "
+                             "test-domain oracle, or the last checkpoint (IRM protocol)")
+    parser.add_argument("--format", "-f", default="md", choices=("md", "latex", "csv", "html"),
+                        help="table format on stdout (default md)")
+    parser.add_argument("--plots", metavar="DIR", help="write the plots (PNG) to DIR")
+    parser.add_argument("--html", metavar="FILE", help="write the self-contained HTML report to FILE")
+    parser.add_argument("--save-baseline", metavar="FILE", help="write the per-trial values (CSV) for `invbench compare`")
+    parser.add_argument("--include-unfinished", action="store_true",
+                        help="also use runs without done.json (their records so far)")
     parser.set_defaults(func=main)
-
-
-def _mean_se(values: list[float]) -> str:
-    if not values:
-        return "-"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.4g}"
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return f"{mean:.4g} ± {math.sqrt(var / len(values)):.2g}"
-
-
-def leaderboard_rows(root: Path) -> tuple[list[str], list[list[str]], int]:
-    from benchmark.io import read_json
-    from benchmark.runner import DONE, SPEC, load_records
-
-    cells: dict[tuple, dict[str, list[float]]] = {}
-    unfinished = 0
-    for spec_path in sorted(Path(root).rglob(SPEC)):
-        run_dir = spec_path.parent
-        if not (run_dir / DONE).exists():
-            unfinished += 1
-            continue
-        spec = read_json(spec_path)
-        meta = read_json(run_dir / "dataset.json")
-        last = load_records(run_dir)[-1]
-        score = "mse" if meta["task"] == "regression" else "acc"
-        names = meta["env_names"]
-        key = (spec["dataset"], spec["method"], ",".join(names[i] for i in spec["test_envs"]) or "-",
-               meta["source"]["name"])
-        cell = cells.setdefault(key, {})
-        train_scores = [last["envs"][names[i]]["train"][score] for i in meta["train_envs"]]
-        cell.setdefault(f"train {score}", []).append(sum(train_scores) / len(train_scores))
-        for i in spec["test_envs"]:
-            cell.setdefault(f"test {score}", []).append(last["envs"][names[i]]["train"][score])
-        for name, value in last.get("extra", {}).items():
-            cell.setdefault(name, []).append(value)
-    columns = sorted({c for cell in cells.values() for c in cell})
-    rows = [[*key, str(len(next(iter(cell.values())))), *(_mean_se(cell.get(c, [])) for c in columns)]
-            for key, cell in sorted(cells.items())]
-    return ["dataset", "method", "test env", "source", "runs", *columns], rows, unfinished
-
-
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
     from benchmark.errors import ConfigError
+    from benchmark.results.aggregate import build_leaderboard
+    from benchmark.results.load import CorruptRecordWarning, load_runs
+    from benchmark.results.selection import get_strategy
 
     root = Path(args.dir)
     if not root.is_dir():
         raise ConfigError(f"{root} is not a folder of run directories")
-    header, rows, unfinished = leaderboard_rows(root)
-    print(markdown(header, rows))
-    if unfinished:
-        print(f"\n{unfinished} unfinished run(s) left out.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CorruptRecordWarning)
+        results = load_runs(root, include_unfinished=args.include_unfinished)
+    for warning in caught:
+        print(f"invbench: warning: {warning.message}", file=sys.stderr)
+    board = build_leaderboard(results, get_strategy(args.selection))
+    from benchmark.results.render import render
+
+    sys.stdout.write(render(board, args.format))
+    if args.plots or args.html:
+        from benchmark.results.plots import write_plots
+
+        plots = write_plots(board, results.records, args.plots or Path(args.html).parent / "plots")
+        if args.html:
+            from benchmark.results.report import report_html
+
+            Path(args.html).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.html).write_text(report_html(board, plots))
+            print(f"wrote {args.html}", file=sys.stderr)
+        if args.plots:
+            print(f"wrote {len(plots)} plot(s) to {args.plots}", file=sys.stderr)
+    if args.save_baseline:
+        from benchmark.results.compare import BASELINE_COLUMNS, save_baseline
+
+        frame = board.per_trial.copy()
+        frame.insert(2, "selection", board.selection)
+        save_baseline(frame[BASELINE_COLUMNS], args.save_baseline)
+        print(f"wrote {args.save_baseline}", file=sys.stderr)
     return 0

@@ -1,0 +1,132 @@
+"""`invbench compare`: Welch's t-test per cell; exit 1 on a significant drop, 0 on a same-code rerun."""
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import golden_toy  # noqa: E402,F401  (registers the test-only dataset)
+
+from benchmark.cli import main as cli_main  # noqa: E402
+
+from benchmark.results.compare import compare_frames, per_trial_values, welch  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_welch_matches_the_closed_form_for_four_degrees_of_freedom():
+    # means 2 and 5, both sample variances 1, n = 3: SE = sqrt(2/3), t = 3 / SE,
+    # Welch's df = (2/3)^2 / (2 * (1/3)^2 / 2) = 4; Student's t with 4 df has the CDF
+    # F(t) = 1/2 + (3/4) x - (1/4) x^3 with x = t / sqrt(4 + t^2).
+    se, p = welch([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    assert se == pytest.approx(math.sqrt(2 / 3))
+    t = 3 / math.sqrt(2 / 3)
+    x = t / math.sqrt(4 + t * t)  # sin(theta) with t = 2 tan(theta)
+    cdf = 0.5 + 0.75 * x - 0.25 * x ** 3  # Student t, 4 df
+    assert p == pytest.approx(2 * (1 - cdf), rel=1e-9)
+
+
+def test_welch_edge_cases():
+    assert all(math.isnan(v) for v in welch([1.0], [1.0, 2.0]))
+    assert welch([0.5, 0.5], [0.5, 0.5]) == (0.0, 1.0)
+    assert welch([0.5, 0.5], [0.4, 0.4]) == (0.0, 0.0)
+
+
+def frame(values, metric="acc", method="erm"):
+    return pd.DataFrame([{"dataset": "d", "source": "s", "selection": "last", "method": method, "column": "e",
+                          "metric": metric, "trial": i, "value": v, "run": f"r{i}", "step": 10}
+                         for i, v in enumerate(values)])
+
+
+@pytest.mark.parametrize("base, cur, metric, verdict", [
+    ([0.70, 0.71, 0.72], [0.60, 0.61, 0.62], "acc", "regression"),  # -10 points, p < 0.05
+    ([0.70, 0.71, 0.72], [0.695, 0.705, 0.715], "acc", "worse"),  # -0.5 points: under the threshold
+    ([0.70, 0.80, 0.60], [0.65, 0.75, 0.55], "acc", "worse"),  # -5 points but p = 0.58
+    ([0.70, 0.71, 0.72], [0.80, 0.81, 0.82], "acc", "better"),
+    ([10.0, 10.1, 10.2], [12.0, 12.1, 12.2], "mse", "regression"),  # MSE up by 2 (units)
+    ([0.70], [0.10], "acc", "worse"),  # one trial: no test, no claim
+])
+def test_verdicts(base, cur, metric, verdict):
+    (result,), only_base, only_cur = compare_frames(frame(base, metric), frame(cur, metric), threshold=1.0, alpha=0.05)
+    assert result.verdict == verdict and not only_base and not only_cur
+
+
+def test_cells_on_one_side_are_listed_not_compared():
+    results, only_base, only_cur = compare_frames(frame([0.7, 0.7]), frame([0.7, 0.7], method="irm"))
+    assert results == [] and only_base == [("d", "s", "erm", "e", "acc")] and only_cur == [("d", "s", "irm", "e", "acc")]
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def invbench(capsys):
+    """The CLI in-process (a fresh interpreter per call would cost seconds of imports)."""
+    def call(*args):
+        code = cli_main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+    return call
+
+
+# A real sweep made twice by the runner: the same code must pass, a planted drop must fail.
+
+def _sweep(out):
+    from benchmark.runner import run
+    from benchmark.spec import make_spec
+
+    for trial in range(6):
+        run(make_spec("golden_toy", "erm", test_envs=(1,), trial=trial, overrides={"batch_size": 0}, steps=20,
+                      eval_every=10, device="cpu"), out)
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweeps")
+    _sweep(root / "baseline")
+    _sweep(root / "rerun")
+    planted = root / "planted"
+    shutil.copytree(root / "rerun", planted)
+    for metrics in planted.rglob("metrics.jsonl"):  # the test env's accuracy drops by 20 points
+        lines = []
+        for line in metrics.read_text().splitlines():
+            record = json.loads(line)
+            record["envs"]["e=0.2"]["train"]["acc"] -= 0.2
+            lines.append(json.dumps(record))
+        metrics.write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_compare_passes_on_a_rerun_with_the_same_code(sweeps, invbench):
+    result = invbench("compare", sweeps / "baseline", sweeps / "rerun", "--selection", "last")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| golden_toy | golden_toy (n=750) | erm | e=0.2 | acc | 6/6 |" in result.stdout
+    assert "0 regression(s) in 1 compared cell(s)." in result.stdout
+
+
+def test_compare_fails_on_a_planted_regression(sweeps, invbench):
+    result = invbench("compare", sweeps / "baseline", sweeps / "planted", "--selection", "last")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "| -20 |" in result.stdout and "REGRESSION" in result.stdout
+
+
+def test_compare_reads_a_saved_baseline_file(sweeps, invbench, tmp_path):
+    saved = tmp_path / "baseline.csv"
+    assert invbench("collect", sweeps / "baseline", "--selection", "last", "--save-baseline", saved).returncode == 0
+    assert set(per_trial_values(saved, "last")["trial"]) == set(range(6))
+    assert invbench("compare", saved, sweeps / "rerun", "--selection", "last").returncode == 0
+    assert invbench("compare", saved, sweeps / "planted", "--selection", "last").returncode == 1
+    wrong = invbench("compare", saved, sweeps / "rerun", "--selection", "oracle")
+    assert wrong.returncode == 2 and "has no values for selection 'oracle'; it has last" in wrong.stderr
+
+
+def test_compare_rejects_a_path_that_is_neither(invbench, tmp_path):
+    result = invbench("compare", tmp_path / "nowhere", tmp_path)
+    assert result.returncode == 2 and "neither a folder of run directories nor a baseline CSV" in result.stderr
