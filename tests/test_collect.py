@@ -54,7 +54,8 @@ def test_corrupt_and_partial_run_directories(invbench, tmp_path):
     assert f"{victim / 'metrics.jsonl'}:3: not valid JSON (truncated?); line skipped" in err
     assert "151 finished run(s); 2 unfinished left out (2 started); 1 corrupt line(s) skipped" in out
     last = json.loads((kept / "metrics.jsonl").read_text().splitlines()[-1])["envs"]["sigma=5"]["train"]["mse"]
-    assert f"| irm | 1 | {last:.4g} |" in out  # the one trial left, no SE
+    assert f"| irm | 1 | {last:.4g} [1] |" in out  # the one trial left, no SE, and a note:
+    assert "[1] irm, sigma=5: 1 unfinished run(s) left out" in out
     code, out, _ = invbench("collect", root, "--selection", "last", "--include-unfinished")
     assert "| irm | 2 |" in out
 
