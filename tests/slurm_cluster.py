@@ -50,16 +50,18 @@ def slurm_cluster():
 # Helpers shared by the sweep tests (this module is a pytest plugin: its fixtures are global).
 
 FAILING_PLUGIN = '''
+import os
+
 from benchmark.registry import METHODS
 from methods.erm import ERM
 
 
 @METHODS.register("boom")
 class Boom(ERM):
-    """ERM that raises at step 3 (a test's broken method)."""
+    """ERM that raises at step 3 while the file $BOOM_FILE exists (a test's broken method)."""
 
     def objective(self, model, batches, step):
-        if step == 3:
+        if step == 3 and os.path.exists(os.environ["BOOM_FILE"]):
             raise RuntimeError("boom at step 3")
         return super().objective(model, batches, step)
 '''
@@ -89,13 +91,15 @@ threads = 1
 
 @pytest.fixture
 def failing_plugin_env(tmp_path):
-    """Environment variables that register the method "boom" (raises at step 3) in every
-    process started with them: the CLI, local workers and SLURM jobs (which inherit it)."""
+    """Environment variables that register the method "boom" (raises at step 3 while
+    env["BOOM_FILE"] exists; it does at first) in every process started with them: the CLI,
+    local workers and SLURM jobs (which inherit the environment)."""
     folder = tmp_path / "plugins"
     folder.mkdir()
     (folder / "boom_plugin.py").write_text(FAILING_PLUGIN)
+    (folder / "boom").touch()
     root = str(Path(__file__).resolve().parents[1])
-    return {"INVBENCH_PLUGINS": "boom_plugin",
+    return {"INVBENCH_PLUGINS": "boom_plugin", "BOOM_FILE": str(folder / "boom"),
             "PYTHONPATH": os.pathsep.join([str(folder), root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
 
 

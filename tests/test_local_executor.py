@@ -1,0 +1,126 @@
+"""The local and inline executors through the command line, as a user runs them."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import ROOT, run_cli
+from slurm_cluster import steps_of, sweep_text
+
+from benchmark.runner import run
+from benchmark.sweep import launcher
+from benchmark.sweep.config import apply_overrides, expand, load_sweep
+
+
+def write(tmp_path, name="sweep.toml", **kwargs):
+    path = tmp_path / name
+    path.write_text(sweep_text(tmp_path / kwargs.pop("out", "out"), **kwargs))
+    return path
+
+
+def run_dirs(path):
+    config = load_sweep(path)
+    return [config.out_root / spec.dirname for spec in expand(config)]
+
+
+def test_failing_run_does_not_stop_the_others_and_retry_runs_only_it(tmp_path, failing_plugin_env, monkeypatch):
+    for key, value in failing_plugin_env.items():  # workers and the inline retry inherit these
+        monkeypatch.setenv(key, value)
+    monkeypatch.syspath_prepend(failing_plugin_env["PYTHONPATH"].split(os.pathsep)[0])
+    import boom_plugin  # noqa: F401  registers "boom" in this process too
+
+    path = write(tmp_path, methods=("erm", "boom"), trials=2)
+    first = run_cli("sweep", "launch", path)
+    assert first.returncode == 1, first.stderr  # runs failed; the others finished
+    assert "failed 2" in first.stderr and "done 2" in first.stderr
+    config = load_sweep(path)
+    text, states = launcher.status(config)
+    assert "done: 2" in text and "failed: 2" in text
+    assert "RuntimeError: boom at step 3" in text
+    assert 'raise RuntimeError("boom at step 3")' in text  # the traceback's last lines
+    # launch leaves failed runs alone: nothing new starts
+    stream = io.StringIO()
+    assert launcher.launch(config, stream=stream) == 1
+    assert "nothing to launch" in stream.getvalue() and "sweep retry" in stream.getvalue()
+    started = {s.run_dir: (s.run_dir / "started.json").read_bytes() for s in states}
+    os.unlink(failing_plugin_env["BOOM_FILE"])  # the bug is fixed
+    stream = io.StringIO()
+    # retry, here inline (a command-line override) to keep the test short
+    assert launcher.launch(apply_overrides(config, executor="inline"), mode="retry", stream=stream) == 0
+    assert "retry: 2 run(s)" in stream.getvalue()
+    for s in states:  # only the failed runs started again
+        assert ((s.run_dir / "started.json").read_bytes() == started[s.run_dir]) == (s.spec.method == "erm")
+    assert "done: 4" in launcher.status(config)[0]
+
+
+def test_sigkill_of_the_launcher_then_relaunch_completes_every_record_exactly_once(tmp_path):
+    steps, every = 2000, 50
+    path = write(tmp_path, trials=4, steps=steps, eval_every=every)
+    dirs = run_dirs(path)
+    launcher = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "sweep", "launch", str(path)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def midway():
+            return [d for d in dirs if (d / "metrics.jsonl").exists() and (d / "metrics.jsonl").read_text().count("\n") >= 3
+                    and not (d / "done.json").exists()]
+
+        def wait_midway():
+            deadline = time.monotonic() + 60
+            while not midway():
+                assert time.monotonic() < deadline and launcher.poll() is None, "the sweep never got going"
+                time.sleep(0.02)
+
+        wait_midway()
+        # a second launch while the first runs: everything is queued or running, nothing new starts
+        second = run_cli("sweep", "launch", path)
+        assert "nothing to launch" in second.stderr, second.stderr
+        assert "not launched" not in second.stderr and "stale" not in second.stderr
+        wait_midway()
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        interrupted = [d for d in midway() if steps_of(d)[-1] < steps]
+        workers = {json.loads((d / "started.json").read_text())["pid"] for d in dirs if (d / "started.json").exists()}
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert interrupted, "the kill came between runs"
+    # the workers do not outlive their launcher
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived its launcher"
+        time.sleep(0.05)
+    status = run_cli("sweep", "status", path).stdout
+    assert "stale: " in status and "stale: 0" not in status and "is gone" in status
+    relaunch = run_cli("sweep", "launch", path)
+    assert relaunch.returncode == 0, relaunch.stderr
+    for d in dirs:
+        assert steps_of(d) == list(range(0, steps + 1, every)), d.name
+    # and the resumed records are the very bytes of an uninterrupted run (1 thread, as the workers)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        spec = next(s for s in expand(load_sweep(path)) if s.dirname == interrupted[0].name)
+        clean = run(spec, tmp_path / "clean")
+    finally:
+        torch.set_num_threads(threads)
+    assert (clean / "metrics.jsonl").read_bytes() == (interrupted[0] / "metrics.jsonl").read_bytes()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (dead, not yet reaped by its parent) is dead for our purpose
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
