@@ -15,12 +15,15 @@ demo: $(INSTALLED)
 test: $(INSTALLED_TEST)
 	$(PY) -m pytest
 
-# Speed regression tracking (pytest-benchmark), kept out of `make test`.
+# Speed regression tracking (pytest-benchmark), kept out of `make test`: `make bench`
+# compares with the latest baseline saved on this machine under results/baselines/speed
+# (fails when a median is 25 % slower); `make bench-save` stores a new one.
+BENCH_STORAGE := --benchmark-storage=file://results/baselines/speed
 bench: $(INSTALLED_TEST)
-	$(PY) -m pytest tests/speed -o addopts="" --benchmark-only --benchmark-compare --benchmark-compare-fail=mean:25%
+	$(PY) -m pytest tests/speed -o addopts="" --benchmark-only $(BENCH_STORAGE) --benchmark-compare --benchmark-compare-fail=median:25%
 
 bench-save: $(INSTALLED_TEST)
-	$(PY) -m pytest tests/speed -o addopts="" --benchmark-only --benchmark-autosave
+	$(PY) -m pytest tests/speed -o addopts="" --benchmark-only $(BENCH_STORAGE) --benchmark-save=baseline
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
