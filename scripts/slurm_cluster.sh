@@ -25,29 +25,36 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
   die "timed out after ${limit}s waiting for $what (logs in $DIR)"
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-stop_pidfile() {  # stop_pidfile FILE NAME: SIGTERM the PID in FILE, wait, then SIGKILL
-  local file=$1 name=$2 pid
-  [ -s "$file" ] || return 0
-  pid=$(cat "$file")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+stop_pidfiles() {  # stop_pidfiles FILE...: SIGTERM the PIDs in the FILEs, wait up to 10 s, then SIGKILL
+  local file pid pids=()
+  for file in "$@"; do
+    [ -s "$file" ] || continue
+    pid=$(cat "$file")
+    kill -TERM "$pid" 2>/dev/null && pids+=("$pid")
+    rm -f "$file"
+  done
+  for _ in $(seq 100); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && return 0
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do
     if kill -0 "$pid" 2>/dev/null; then
-      echo "slurm_cluster: $name (pid $pid) ignored SIGTERM; sending SIGKILL" >&2
+      echo "slurm_cluster: pid $pid ignored SIGTERM; sending SIGKILL" >&2
       kill -KILL "$pid" 2>/dev/null || true
     fi
-  fi
-  rm -f "$file"
+  done
 }
 
 stop() {
   DIR=${1:?usage: slurm_cluster.sh stop DIR}
   [ -d "$DIR" ] || return 0
-  stop_pidfile "$DIR/slurmd.pid" slurmd
-  stop_pidfile "$DIR/slurmctld.pid" slurmctld
-  stop_pidfile "$DIR/slurmdbd.pid" slurmdbd
-  stop_pidfile "$DIR/db/mariadb.pid" mariadbd
-  stop_pidfile "$DIR/munged.pid" munged  # only present when this script started munged
+  # reverse start order, each daemon by the PID in its pid file (munged.pid exists only
+  # when this script started munged; a munged that was already running is left alone)
+  stop_pidfiles "$DIR/slurmd.pid" "$DIR/slurmctld.pid"
+  stop_pidfiles "$DIR/slurmdbd.pid"
+  stop_pidfiles "$DIR/db/mariadb.pid" "$DIR/munged.pid"
   case "$DIR" in
     /tmp/*|/var/tmp/*|"${TMPDIR:-/tmp}"/*) rm -rf "$DIR" ;;
     *) [ -e "$DIR/.invbench-slurm" ] && rm -rf "$DIR" ;;
