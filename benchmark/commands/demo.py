@@ -1,32 +1,33 @@
-"""invbench demo: the default benchmark, then its leaderboard."""
+"""invbench demo: the default benchmark, run by the sweep launcher, then its leaderboard.
+
+The benchmark is the shipped sweep file benchmark/sweeps/demo.toml (the IRM paper's linear
+SEM, four methods, three trials), run with the local executor on this machine's cores. Run
+it again at any time: finished runs are kept, interrupted ones resume.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
-
-DEMO_METHODS = ("erm", "irm", "vrex", "groupdro")
-DEMO_TRIALS = 3
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("demo", help="run the default benchmark and print its leaderboard")
+    parser = sub.add_parser("demo", help="run the default benchmark (sweep file demo.toml) and print its leaderboard")
     parser.add_argument("--out", default="runs/demo", help="root of the demo's run directories")
+    parser.add_argument("--workers", type=int, help="worker processes (default: the number of cores)")
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from benchmark.commands.collect import leaderboard_rows, markdown
-    from benchmark.registry import METHODS
-    from benchmark.runner import run
-    from benchmark.spec import make_spec
+    from benchmark.commands import collect
+    from benchmark.sweep import launcher
+    from benchmark.sweep.config import apply_overrides, load_sweep, shipped_sweeps
 
-    methods = [m for m in DEMO_METHODS if m in METHODS]
-    specs = [make_spec("linear_sem", method, trial=trial) for method in methods for trial in range(DEMO_TRIALS)]
-    for index, spec in enumerate(specs, start=1):
-        print(f"[{index}/{len(specs)}] {spec.dirname}", file=sys.stderr)
-        run(spec, args.out)
-    header, rows, _ = leaderboard_rows(Path(args.out))
-    print(markdown(header, rows))
-    return 0
+    config = apply_overrides(load_sweep(shipped_sweeps()["demo"]), out=args.out, executor="local",
+                             workers=args.workers)
+    code = launcher.launch(config)
+    # the leaderboard exactly as `invbench collect OUT --selection last` prints it (the IRM
+    # paper's SEM protocol reports the final model)
+    parser = argparse.ArgumentParser(prog="invbench")
+    collect.register(parser.add_subparsers())
+    collect_code = collect.main(parser.parse_args(["collect", config.out, "--selection", "last"]))
+    return code or collect_code
