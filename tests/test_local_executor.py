@@ -124,3 +124,27 @@ def _alive(pid: int) -> bool:
             return handle.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_cancel_stops_the_local_launcher_and_its_runs_become_stale(tmp_path):
+    path = write(tmp_path, trials=2, steps=4000, eval_every=50)
+    dirs = run_dirs(path)
+    launcher_proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "sweep", "launch", str(path)], cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not any((d / "metrics.jsonl").exists() for d in dirs):
+            assert time.monotonic() < deadline and launcher_proc.poll() is None
+            time.sleep(0.05)
+        cancelled = run_cli("sweep", "cancel", path)
+        assert f"sent SIGTERM to launcher pid {launcher_proc.pid}" in cancelled.stdout, cancelled.stdout
+        assert launcher_proc.wait(timeout=20) != 0
+    finally:
+        if launcher_proc.poll() is None:
+            launcher_proc.kill()
+            launcher_proc.wait()
+    deadline = time.monotonic() + 10
+    while "running: 0" not in (status := run_cli("sweep", "status", path).stdout):
+        assert time.monotonic() < deadline, status
+    assert "done: 2" not in status and "stale: 0" not in status
+    assert "nothing to cancel" in run_cli("sweep", "cancel", path).stdout

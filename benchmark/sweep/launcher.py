@@ -73,7 +73,8 @@ def status(config: SweepConfig) -> tuple[str, list[RunState]]:
 
 def render_status(config: SweepConfig, states: list[RunState]) -> str:
     counts = Counter(s.state for s in states)
-    lines = [f"sweep {config.name} ({config.out_root}): {len(states)} runs, executor {config.executor.kind}"]
+    used = sorted({s.executor for s in states if s.executor}) or [config.executor.kind]
+    lines = [f"sweep {config.name} ({config.out_root}): {len(states)} runs, executor {', '.join(used)}"]
     lines.append("  " + "  ".join(f"{state}: {counts[state]}" for state in STATES))
     groups: dict[tuple[str, str], Counter] = {}
     for s in states:

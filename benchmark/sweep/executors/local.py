@@ -104,26 +104,33 @@ class LocalExecutor(InProcessExecutor):
                 while len(finished) < len(specs):
                     progress.update(done, failed, len(running))
                     try:
-                        kind, index, value, message = results.get(timeout=1.0)
+                        messages = [results.get(timeout=1.0)]
                     except queue.Empty:
                         self._reap_dead(workers, running, finished, start_worker, specs)
                         if not workers:
                             break
                         continue
-                    if kind == "start":
-                        running[index] = value
-                        continue
-                    running.pop(index, None)
-                    finished.add(index)
-                    if kind == "done":
-                        done += 1
-                        progress.wall_times.append(value)
-                    elif kind == "failed":
-                        failed += 1
-                        print(f"\n{message}" if progress.tty else message, file=sys.stderr)
-                    else:  # busy: another process trains it; it is not ours to count
-                        print(f"\n{message}; left to it" if progress.tty else f"{message}; left to it",
-                              file=sys.stderr)
+                    time.sleep(0.05)  # a finished run's worker starts its next one at once: count both
+                    while True:
+                        try:
+                            messages.append(results.get_nowait())
+                        except queue.Empty:
+                            break
+                    for kind, index, value, message in messages:
+                        if kind == "start":
+                            running[index] = value
+                            continue
+                        running.pop(index, None)
+                        finished.add(index)
+                        if kind == "done":
+                            done += 1
+                            progress.wall_times.append(value)
+                        elif kind == "failed":
+                            failed += 1
+                            print(f"\n{message}" if progress.tty else message, file=sys.stderr)
+                        else:  # busy: another process trains it; it is not ours to count
+                            print(f"\n{message}; left to it" if progress.tty else f"{message}; left to it",
+                                  file=sys.stderr)
                 progress.update(done, failed, len(running))
                 progress.close()
             except KeyboardInterrupt:
