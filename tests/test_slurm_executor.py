@@ -91,7 +91,7 @@ def test_failed_run_shows_its_traceback_and_retry_runs_only_it(slurm_cluster, tm
 def test_preempted_run_is_requeued_and_resumes_at_its_saved_step(slurm_cluster, tmp_path):
     import submitit
 
-    steps, every = 6000, 100
+    steps, every = 3000, 50
     path = write(tmp_path, "long.toml", out="long", trials=1, steps=steps, eval_every=every, executor="slurm")
     config = load_sweep(path)
     (spec,) = expand(config)
