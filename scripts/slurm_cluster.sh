@@ -50,6 +50,19 @@ stop_pidfiles() {  # stop_pidfiles FILE...: SIGTERM the PIDs in the FILEs, wait 
 stop() {
   DIR=${1:?usage: slurm_cluster.sh stop DIR}
   [ -d "$DIR" ] || return 0
+  # jobs first, while slurmd can still hear their completion (else slurmstepd lingers)
+  if [ -s "$DIR/slurmctld.pid" ] && kill -0 "$(cat "$DIR/slurmctld.pid")" 2>/dev/null; then
+    local jobs
+    jobs=$(SLURM_CONF="$DIR/slurm.conf" squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ')
+    if [ -n "${jobs// /}" ]; then
+      # shellcheck disable=SC2086
+      SLURM_CONF="$DIR/slurm.conf" scancel $jobs 2>/dev/null || true
+    fi
+    for _ in $(seq 150); do
+      [ -z "$(SLURM_CONF="$DIR/slurm.conf" squeue -h 2>/dev/null)" ] && break
+      sleep 0.1
+    done
+  fi
   # reverse start order, each daemon by the PID in its pid file (munged.pid exists only
   # when this script started munged; a munged that was already running is left alone)
   stop_pidfiles "$DIR/slurmd.pid" "$DIR/slurmctld.pid"
