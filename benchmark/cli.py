@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except RunFailedError as exc:
         print(f"invbench: {exc}", file=sys.stderr)
-        return EXIT_RUN_FAILED
+        # bad input found only once the run started (no data, a batch larger than an
+        # environment) is still the user's input error; error.json keeps the details
+        return EXIT_USAGE if isinstance(exc.__cause__, InvbenchError) else EXIT_RUN_FAILED
     except BrokenPipeError:
         return EXIT_OK
 

@@ -102,6 +102,10 @@ def hparam_space(method: str, dataset: str) -> dict[str, HParam]:
     for name, hp in TRAINING_HPARAMS.items():
         if name in family.hparam_defaults:
             hp = dataclasses.replace(hp, default=family.hparam_defaults[name])
+        if name == "batch_size" and hp.default == 0:
+            # a full-batch protocol stays full batch in every draw (a drawn batch could
+            # exceed its environments, and would change the protocol)
+            hp = dataclasses.replace(hp, search=None)
         space[name] = hp
     overlap = set(space) & set(method_cls.hparams)
     if overlap:

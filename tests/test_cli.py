@@ -45,8 +45,34 @@ def test_run_twice_writes_identical_metric_lines_and_collect_reads_them(cli, tmp
     assert f"| erm | 1 | {last['envs']['sigma=5']['train']['mse']:.4g} |" in table.stdout
 
 
-def test_failing_run_exits_1(cli, tmp_path):
+def test_input_error_found_inside_the_run_exits_2_and_is_recorded(cli, tmp_path):
     out = cli("run", "-d", "linear_sem", "-m", "erm", "--set", "batch_size=5000", "--out", tmp_path)
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert "fewer than batch_size=5000" in out.stderr
-    assert list(tmp_path.glob("*/error.json"))
+    assert "batch_size=5000" in json.loads(next(tmp_path.glob("*/error.json")).read_text())["message"]
+
+
+FAILING_METHOD = '''
+from benchmark.registry import METHODS
+from methods.erm import ERM
+
+
+@METHODS.register("failing")
+class Failing(ERM):
+    """Raises at step 2."""
+
+    def objective(self, model, batches, step):
+        if step == 2:
+            raise RuntimeError("planted failure")
+        return super().objective(model, batches, step)
+'''
+
+
+def test_failing_run_exits_1_with_its_error_recorded(cli, tmp_path):
+    (tmp_path / "failing_method.py").write_text(FAILING_METHOD)
+    env = {"PYTHONPATH": str(tmp_path), "INVBENCH_PLUGINS": "failing_method"}
+    out = cli("run", "-d", "linear_sem", "-m", "failing", "--steps", "5", "--out", tmp_path / "runs", env=env)
+    assert out.returncode == 1, out.stderr
+    assert "planted failure" in out.stderr
+    error = json.loads(next((tmp_path / "runs").glob("*/error.json")).read_text())
+    assert error["type"] == "RuntimeError" and "Traceback" in error["traceback"]

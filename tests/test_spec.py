@@ -98,3 +98,10 @@ def test_bad_options_and_names_are_errors():
         make_spec("linear_sem", "ermm")
     with pytest.raises(ConfigError, match="no preset"):
         make_spec("linear_sem", "erm", preset="nope")
+
+
+def test_full_batch_protocols_stay_full_batch_in_every_draw():
+    # linear_sem is a full-batch protocol (batch_size default 0): no draw may change that
+    assert {make_spec("linear_sem", "erm", hparams_seed=seed).hparams["batch_size"] for seed in range(1, 20)} == {0}
+    # an explicit value still wins
+    assert make_spec("linear_sem", "erm", hparams_seed=3, overrides={"batch_size": 8}).hparams["batch_size"] == 8
