@@ -3,7 +3,7 @@ submitted, and the demo's wiring through the launcher."""
 
 import argparse
 
-from benchmark.commands import collect, demo
+from benchmark.commands import demo
 from benchmark.sweep import launcher
 
 
@@ -51,18 +51,26 @@ def test_status_of_a_sweep_never_launched(cli, tmp_path):
     assert not out.exists()
 
 
-def test_demo_runs_the_shipped_demo_sweep_with_the_local_executor(tmp_path, monkeypatch):
+def test_demo_runs_the_shipped_demo_sweep_then_prints_the_leaderboard_and_writes_the_report(tmp_path, monkeypatch, capsys):
     seen = {}
+    real_launch = launcher.launch
 
-    def fake_launch(config, **kwargs):
+    def spying_launch(config, **kwargs):
         seen["config"] = config
-        return 0
+        return real_launch(config, **kwargs)
 
-    monkeypatch.setattr(launcher, "launch", fake_launch)
-    monkeypatch.setattr(collect, "main", lambda args: seen.setdefault("collect", args) and 0)
+    monkeypatch.setattr(launcher, "launch", spying_launch)
     assert demo.main(argparse.Namespace(out=str(tmp_path / "demo"), workers=None)) == 0
     config = seen["config"]
     assert config.name == "demo" and config.executor.kind == "local" and config.out == str(tmp_path / "demo")
     assert config.source.endswith("benchmark/sweeps/demo.toml")
-    # then the leaderboard of what it ran, the final model of each run (the SEM protocol)
-    assert seen["collect"].dir == str(tmp_path / "demo") and seen["collect"].selection == "last"
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "trials" not in line}
+    assert set(rows) == {"erm", "irm", "vrex", "groupdro"}
+    assert all("| 3 |" in row for row in rows.values())  # three trials each
+    # the point of the demo: ERM leans on the effect features and has the worst test MSE
+    test_mse = {method: float(row.split("|")[3].split("±")[0]) for method, row in rows.items()}
+    assert max(test_mse, key=test_mse.get) == "erm", test_mse
+    assert (tmp_path / "demo" / "report" / "report.html").stat().st_size > 10_000
+    assert list((tmp_path / "demo" / "report" / "plots").glob("*.png"))
+

@@ -8,6 +8,7 @@ it again at any time: finished runs are kept, interrupted ones resume.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub) -> None:
@@ -25,9 +26,9 @@ def main(args: argparse.Namespace) -> int:
     config = apply_overrides(load_sweep(shipped_sweeps()["demo"]), out=args.out, executor="local",
                              workers=args.workers)
     code = launcher.launch(config)
-    # the leaderboard exactly as `invbench collect OUT --selection last` prints it (the IRM
-    # paper's SEM protocol reports the final model)
-    parser = argparse.ArgumentParser(prog="invbench")
-    collect.register(parser.add_subparsers())
-    collect_code = collect.main(parser.parse_args(["collect", config.out, "--selection", "last"]))
-    return code or collect_code
+    # The leaderboard at the last checkpoint (the IRM paper's SEM protocol reports the
+    # final model), with the HTML report and plots beside the runs.
+    from benchmark.results.report import demo_summary
+
+    print(demo_summary(Path(config.out), Path(config.out) / "report", selection="last"))
+    return code
