@@ -26,8 +26,11 @@ class VREx(Method):
     with the population variance (divide by E, not E - 1). Two conventions exist:
       - the REx Colored MNIST code: risk = R_1 + R_2 (risk_reduction="sum") and penalty
         (R_1 - R_2)^2, which for two environments equals 4 x the population variance, so
-        penalty_weight = 4 * beta reproduces its beta; it anneals and divides by the weight
-        as the IRM code does (scale_loss=true);
+        penalty_weight = 4 * beta reproduces its beta after the anneal step; it anneals and
+        divides by the weight as the IRM code does (scale_loss=true). Not exactly before the
+        anneal step: there the REx code weighs (R_1 - R_2)^2 by 1 (= 4 x variance), this
+        schedule weighs the variance by 1, and it divides by 4 * beta where the code
+        divides by beta (a constant factor, which Adam all but ignores);
       - DomainBed's VREx: mean(R_e) + lambda * mean((R_e - mean R)^2) (risk_reduction="mean"),
         weight 1 before anneal, optimizer re-created at the anneal step. These are the defaults.
     w(step) = 1.0 before ``anneal_iters`` updates and ``penalty_weight`` after. The preset
