@@ -64,6 +64,9 @@ class DatasetFamily:
     options: ClassVar[dict[str, HParam]] = {}
     # Changes to the training hyperparameters' defaults (batch size, width, ...).
     hparam_defaults: ClassVar[dict[str, Any]] = {}
+    # The protocol's search: name -> distribution, or None to keep the default in every
+    # draw. Applies to training and method hyperparameters (names a method lacks are ignored).
+    hparam_search: ClassVar[dict[str, Any]] = {}
     default_steps: ClassVar[int] = 1000
     default_eval_every: ClassVar[int] = 100
     default_holdout_fraction: ClassVar[float] = 0.0

@@ -184,7 +184,7 @@ def _raise() -> Any:
 TRAINING_HPARAMS: dict[str, HParam] = {
     "lr": HParam(1e-3, LogUniform(-4.5, -2.5), low=1e-8, high=10.0, help="Adam learning rate"),
     "weight_decay": HParam(0.0, LogUniform(-6, -2), low=0.0, high=1.0,
-                           help="decoupled from the loss: Adam's weight_decay"),
+                           help="torch Adam's weight_decay (L2 added to the gradient, not in the loss)"),
     "l2": HParam(0.0, LogUniform(-5, -2), low=0.0, high=10.0,
                  help="l2 * sum of squared norms of all parameters, added to the loss (IRM code)"),
     "batch_size": HParam(64, LogUniform(3, 9, base=2, integer=True), low=0, high=1 << 24,

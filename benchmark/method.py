@@ -53,6 +53,11 @@ class Method:
     def objective(self, model: nn.Module, batches: Sequence[Batch], step: int) -> Objective:
         raise NotImplementedError
 
+    @classmethod
+    def check_hparams(cls, hparams: Mapping[str, Any], steps: int) -> list[str]:
+        """Valid but suspicious combinations, as messages for a warning (none by default)."""
+        return []
+
     def optimizer_reset_step(self) -> int | None:
         """A step at which the runner re-creates the optimizer (DomainBed's anneal), or None."""
         return None

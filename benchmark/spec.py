@@ -10,12 +10,17 @@ import dataclasses
 import hashlib
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from benchmark.errors import ConfigError
 from benchmark.hparams import TRAINING_HPARAMS, HParam, draw, validate_overrides
 from benchmark.registry import DATASETS, METHODS
+
+class HParamWarning(UserWarning):
+    """A valid but probably unintended setting (a penalty that never switches on)."""
+
 
 MACHINE = {"machine": True}  # field metadata: not part of the id
 SPEC_VERSION = 1  # bump when the meaning of a field changes, so old ids are not reused
@@ -95,22 +100,29 @@ def _freeze(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def hparam_space(method: str, dataset: str) -> dict[str, HParam]:
-    """Training hyperparameters (with the dataset's defaults) followed by the method's."""
+    """Training hyperparameters followed by the method's, with the dataset's protocol applied.
+
+    A dataset may change any hyperparameter's default (``hparam_defaults``) and search
+    (``hparam_search``: a distribution, or None to keep the default in every draw), for
+    the training hyperparameters and for method hyperparameters alike (the IRM protocol
+    searches the penalty weight in 10^U(2, 6)); names the method does not have are ignored.
+    """
     method_cls = METHODS.get(method)
     family = DATASETS.get(dataset)
+    overlap = set(TRAINING_HPARAMS) & set(method_cls.hparams)
+    if overlap:
+        raise ConfigError(f"method {method!r} redeclares training hyperparameters {sorted(overlap)}")
     space = {}
-    for name, hp in TRAINING_HPARAMS.items():
+    for name, hp in {**TRAINING_HPARAMS, **method_cls.hparams}.items():
         if name in family.hparam_defaults:
             hp = dataclasses.replace(hp, default=family.hparam_defaults[name])
+        if name in family.hparam_search:
+            hp = dataclasses.replace(hp, search=family.hparam_search[name])
         if name == "batch_size" and hp.default == 0:
             # a full-batch protocol stays full batch in every draw (a drawn batch could
             # exceed its environments, and would change the protocol)
             hp = dataclasses.replace(hp, search=None)
         space[name] = hp
-    overlap = set(space) & set(method_cls.hparams)
-    if overlap:
-        raise ConfigError(f"method {method!r} redeclares training hyperparameters {sorted(overlap)}")
-    space.update(method_cls.hparams)
     return space
 
 
@@ -170,6 +182,8 @@ def make_spec(
     model = model or family.model_for(options)
     if model not in MODELS:
         raise ConfigError(f"unknown model {model!r}; allowed: {', '.join(sorted(MODELS))}")
+    for problem in method_cls.check_hparams(hparams, int(steps)):
+        warnings.warn(f"{dataset}/{method}: {problem}", HParamWarning, stacklevel=2)
     return RunSpec(
         dataset=dataset,
         method=method,

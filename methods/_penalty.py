@@ -63,3 +63,12 @@ class PenaltySchedule:
     def reset_step(self) -> int | None:
         """The step at which the runner re-creates the optimizer (DomainBed), or None."""
         return self.anneal_iters if self.reset_optimizer else None
+
+
+def check_schedule(hparams: Mapping[str, Any], steps: int) -> list[str]:
+    """A penalty weight that never applies is almost always a mistake: say so."""
+    if hparams["anneal_iters"] >= steps and hparams["penalty_weight"] != 1.0:
+        return [f"anneal_iters={hparams['anneal_iters']} >= steps={steps}: the penalty weight stays 1.0 "
+                f"for the whole run and penalty_weight={hparams['penalty_weight']:g} never applies; "
+                "lower anneal_iters or raise steps"]
+    return []

@@ -12,7 +12,7 @@ from benchmark.hparams import HParam
 from benchmark.method import Batch, Method, Objective
 from benchmark.registry import METHODS
 from methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, PenaltySchedule,
-                              schedule_hparams)
+                              check_schedule, schedule_hparams)
 
 # The IRM paper's tuned Colored MNIST values (Arjovsky et al. 2019, the code's README):
 # hidden 390, l2 0.00110794568, lr 0.0004898536566546834, anneal 190, penalty 91257.18613115903,
@@ -58,6 +58,10 @@ class IRM(Method):
     presets = {
         "irm-paper": {**IRM_PAPER, "estimator": "full_batch", "scale_loss": True, "reset_optimizer": False},
     }
+
+    @classmethod
+    def check_hparams(cls, hparams, steps):
+        return check_schedule(hparams, steps)
 
     def __init__(self, hparams, n_envs, task, env_sizes=None):
         super().__init__(hparams, n_envs, task, env_sizes)

@@ -9,7 +9,7 @@ from torch import nn
 from benchmark.method import Batch, Method, Objective
 from benchmark.registry import METHODS
 from methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, PenaltySchedule,
-                              schedule_hparams)
+                              check_schedule, schedule_hparams)
 
 
 @METHODS.register("mmrex")
@@ -35,6 +35,10 @@ class MMREx(Method):
     hparams = schedule_hparams(weight=10.0, weight_search=DOMAINBED_WEIGHT_SEARCH, anneal=500,
                                anneal_search=DOMAINBED_ANNEAL_SEARCH, scale_loss=False, reset_optimizer=True,
                                what="excess worst-case risk max_e R_e - mean R (w = 1 - E * lambda_min)")
+
+    @classmethod
+    def check_hparams(cls, hparams, steps):
+        return check_schedule(hparams, steps)
 
     def __init__(self, hparams, n_envs, task, env_sizes=None):
         super().__init__(hparams, n_envs, task, env_sizes)

@@ -10,7 +10,7 @@ from benchmark.hparams import HParam
 from benchmark.method import Batch, Method, Objective
 from benchmark.registry import METHODS
 from methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, PenaltySchedule,
-                              schedule_hparams)
+                              check_schedule, schedule_hparams)
 from methods.irm import IRM_PAPER
 
 
@@ -48,6 +48,10 @@ class VREx(Method):
     presets = {
         "irm-paper": {**IRM_PAPER, "risk_reduction": "mean", "scale_loss": True, "reset_optimizer": False},
     }
+
+    @classmethod
+    def check_hparams(cls, hparams, steps):
+        return check_schedule(hparams, steps)
 
     def __init__(self, hparams, n_envs, task, env_sizes=None):
         super().__init__(hparams, n_envs, task, env_sizes)

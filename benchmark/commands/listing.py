@@ -42,6 +42,9 @@ def main(args: argparse.Namespace) -> int:
             out += _table(family.options)
             if family.hparam_defaults:
                 changed = ", ".join(f"{k}={v!r}" for k, v in sorted(family.hparam_defaults.items()))
-                out.append(f"    training defaults: {changed}")
+                out.append(f"    protocol defaults: {changed}")
+            if family.hparam_search:
+                searched = ", ".join(f"{k} {'fixed' if v is None else v}" for k, v in sorted(family.hparam_search.items()))
+                out.append(f"    protocol search: {searched}")
     print("\n".join(out))
     return 0
