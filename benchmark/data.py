@@ -124,6 +124,6 @@ def holdout_split(x: torch.Tensor, y: torch.Tensor, fraction: float, generator: 
     if fraction == 0.0:
         return {TRAIN: (x, y)}
     perm = torch.randperm(len(y), generator=generator)
-    n_val = int(round(len(y) * fraction))
+    n_val = int(len(y) * fraction)  # floor, as DomainBed's int(len(env) * holdout_fraction)
     val, train = perm[:n_val], perm[n_val:]
     return {TRAIN: (x[train], y[train]), VAL: (x[val], y[val])}

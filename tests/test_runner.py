@@ -136,3 +136,11 @@ def test_unknown_device_is_rejected():
 
     with pytest.raises(ConfigError, match="allowed: auto, cpu"):
         resolve_device("tpu")
+
+
+def test_holdout_is_floored_as_domainbed():
+    from benchmark.data import VAL, holdout_split
+
+    x, y = torch.zeros(23, 1), torch.zeros(23)
+    splits = holdout_split(x, y, 0.2, torch.Generator().manual_seed(0))
+    assert len(splits[VAL][1]) == 4 and len(splits[TRAIN][1]) == 19  # int(23 * 0.2) = 4, not round(4.6)
