@@ -1,10 +1,12 @@
-"""The ``invbench`` command line. Exit codes: 0 success, 2 usage or input error, 1 a run failed."""
+"""The ``invbench`` command line. Exit codes: 0 success, 2 usage or input error, 1 a run failed
+(or a regression), 130 interrupted (Ctrl-C)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import warnings
 
 from benchmark.errors import InvbenchError
 
@@ -12,6 +14,21 @@ from benchmark.errors import InvbenchError
 COMMAND_MODULES = ("listing", "run", "sweep", "collect", "compare", "demo")
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+
+def _show_warnings_once() -> None:
+    """Warnings for people: "invbench: warning: ..." once per message, no source lines
+    (a sweep would otherwise repeat one hyperparameter warning per draw and trial)."""
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if text not in shown:
+            shown.add(text)
+            print(f"invbench: warning: {text}", file=file or sys.stderr)
+
+    warnings.showwarning = show
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,10 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _show_warnings_once()
     from benchmark.runner import RunFailedError
 
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        # no traceback: what was interrupted is resumable (`invbench sweep launch` resumes it)
+        print("\ninvbench: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except InvbenchError as exc:
         print(f"invbench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -227,7 +227,11 @@ def _run_locked(spec: RunSpec, run_dir: Path, job_id: str | None, log: Callable[
     _write_started(run_dir, job_id)
     try:
         _train(spec, run_dir, log or (lambda message: None))
-    except (Exception, KeyboardInterrupt) as exc:
+    except KeyboardInterrupt:
+        # Ctrl-C is not the run's failure: no error.json, so the run reads "stale" (not
+        # "failed") and the next launch resumes it from its checkpoint.
+        raise
+    except Exception as exc:
         atomic_write_json(run_dir / ERROR, {
             "type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(),
             "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),

@@ -76,3 +76,14 @@ def test_failing_run_exits_1_with_its_error_recorded(cli, tmp_path):
     assert "planted failure" in out.stderr
     error = json.loads(next((tmp_path / "runs").glob("*/error.json")).read_text())
     assert error["type"] == "RuntimeError" and "Traceback" in error["traceback"]
+
+
+def test_warnings_are_shown_once_without_source_lines(cli, tmp_path):
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(f'name = "w"\nout = "{tmp_path / "out"}"\nmethods = ["irm"]\ntrials = 3\nsteps = 60\n'
+                     '[[datasets]]\nname = "linear_sem"\noptions = { n_per_env = 300 }\n')
+    out = cli("sweep", "status", sweep)
+    assert out.returncode == 0, out.stderr
+    warned = [line for line in out.stderr.splitlines() if "anneal_iters" in line]
+    assert len(warned) == 1 and warned[0].startswith("invbench: warning: "), out.stderr
+    assert "make_spec" not in out.stderr and ".py:" not in out.stderr, out.stderr

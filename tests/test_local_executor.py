@@ -148,3 +148,34 @@ def test_cancel_stops_the_local_launcher_and_its_runs_become_stale(tmp_path):
         assert time.monotonic() < deadline, status
     assert "done: 2" not in status and "stale: 0" not in status
     assert "nothing to cancel" in run_cli("sweep", "cancel", path).stdout
+
+
+def test_ctrl_c_stops_an_inline_sweep_without_a_traceback_and_relaunch_resumes(tmp_path):
+    """Ctrl-C ends the launch (exit 130, no traceback); the interrupted run is stale, not
+    failed, no later run starts, and the next launch finishes everything."""
+    steps, every = 4000, 50
+    path = write(tmp_path, trials=3, steps=steps, eval_every=every, executor="inline")
+    dirs = run_dirs(path)
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "sweep", "launch", str(path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ((dirs[0] / "metrics.jsonl").exists() and len(steps_of(dirs[0])) >= 2):
+            assert time.monotonic() < deadline and proc.poll() is None, "the sweep never got going"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr, stderr
+    assert not (dirs[0] / "error.json").exists() and not (dirs[0] / "done.json").exists()
+    assert not any((d / "started.json").exists() for d in dirs[1:]), "the sweep went on after Ctrl-C"
+    status = run_cli("sweep", "status", path).stdout
+    assert "failed: 0" in status and "stale: 3" in status, status
+    relaunch = run_cli("sweep", "launch", path)
+    assert relaunch.returncode == 0, relaunch.stderr
+    for d in dirs:
+        assert steps_of(d) == list(range(0, steps + 1, every)), d.name

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import benchmark.runner as runner
-from benchmark.runner import CHECKPOINT, DONE, RunFailedError, run
+from benchmark.runner import CHECKPOINT, DONE, run
 from benchmark.spec import make_spec
 
 INTERRUPT_AT = 20
@@ -35,7 +35,7 @@ def interrupted_then_resumed(spec, out, monkeypatch):
             raise KeyboardInterrupt("simulated kill")
 
     monkeypatch.setattr(runner, "atomic_write_bytes", crash)
-    with pytest.raises(RunFailedError):
+    with pytest.raises(KeyboardInterrupt):
         run(spec, out)
     monkeypatch.setattr(runner, "atomic_write_bytes", original)
     assert not (out / spec.dirname / DONE).exists()

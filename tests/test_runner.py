@@ -69,7 +69,7 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path, monkeypat
             raise KeyboardInterrupt("simulated kill")
 
     monkeypatch.setattr(runner, "atomic_write_bytes", crash_after_step_20)
-    with pytest.raises(RunFailedError):
+    with pytest.raises(KeyboardInterrupt):
         run(small_spec(steps=40, eval_every=10), tmp_path / "resumed")
     monkeypatch.setattr(runner, "atomic_write_bytes", original)
     partial = tmp_path / "resumed" / full.name
@@ -79,6 +79,26 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path, monkeypat
     resumed = run(small_spec(steps=40, eval_every=10), tmp_path / "resumed")
     assert (resumed / METRICS).read_bytes() == (full / METRICS).read_bytes()
     assert not (resumed / ERROR).exists()
+
+
+def test_ctrl_c_is_not_a_failure_and_the_run_resumes(tmp_path, monkeypatch):
+    """Ctrl-C stops the run without error.json: it is stale (resumable), never "failed"."""
+    from methods.erm import ERM
+
+    original = ERM.objective
+
+    def interrupt(self, model, batches, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return original(self, model, batches, step)
+
+    monkeypatch.setattr(ERM, "objective", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(small_spec(), tmp_path)
+    run_dir = tmp_path / small_spec().dirname
+    assert not (run_dir / ERROR).exists() and run_status(run_dir) == "started"
+    monkeypatch.setattr(ERM, "objective", original)
+    assert (run(small_spec(), tmp_path) / DONE).exists()
 
 
 def test_failing_run_leaves_error_and_traceback_and_no_done(tmp_path, monkeypatch):
