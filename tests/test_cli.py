@@ -87,3 +87,9 @@ def test_warnings_are_shown_once_without_source_lines(cli, tmp_path):
     warned = [line for line in out.stderr.splitlines() if "anneal_iters" in line]
     assert len(warned) == 1 and warned[0].startswith("invbench: warning: "), out.stderr
     assert "make_spec" not in out.stderr and ".py:" not in out.stderr, out.stderr
+
+
+def test_collect_of_a_folder_without_runs_is_an_input_error(cli, tmp_path):
+    out = cli("collect", tmp_path, "--save-baseline", tmp_path / "base.csv")
+    assert out.returncode == 2 and "no run directories under" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "base.csv").exists()

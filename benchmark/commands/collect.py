@@ -46,6 +46,10 @@ def main(args: argparse.Namespace) -> int:
         results = load_runs(root, include_unfinished=args.include_unfinished)
     for warning in caught:
         print(f"invbench: warning: {warning.message}", file=sys.stderr)
+    if results.runs.empty and not results.unfinished and not results.unreadable:
+        # an empty leaderboard (or baseline) from a mistyped folder would pass for a result
+        raise ConfigError(f"no run directories under {root} (a run directory holds spec.json; "
+                          f"`invbench sweep launch` or `invbench run` writes them)")
     board = build_leaderboard(results, get_strategy(args.selection))
     from benchmark.results.render import render
 
