@@ -111,6 +111,24 @@ def test_command_line_overrides_win_over_the_file():
         apply_overrides(config, slurm={"partitoin": "gpu"})
 
 
+def test_a_bad_device_is_refused_before_any_run_starts(tmp_path):
+    """Not a failed error.json in every run directory: the sweep is refused whole."""
+    with pytest.raises(ConfigError, match="device 'tpu' is not a device; allowed: auto, cpu, cuda, cuda:N"):
+        sweep(device="tpu")
+    with pytest.raises(ConfigError, match="--device 'cuda:x' is not a device"):
+        apply_overrides(sweep(), device="cuda:x")
+    assert apply_overrides(sweep(), device="cuda:1").device == "cuda:1"
+    import torch
+
+    from benchmark.sweep import launcher
+
+    if not torch.cuda.is_available():
+        config = apply_overrides(sweep(), device="cuda", executor="inline", out=str(tmp_path / "out"))
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            launcher.launch(config)
+        assert not (tmp_path / "out").exists()
+
+
 def test_missing_file_lists_the_shipped_sweeps(tmp_path):
     with pytest.raises(ConfigError, match="does not exist.*demo"):
         load_sweep(tmp_path / "nope.toml")

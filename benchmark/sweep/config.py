@@ -207,7 +207,7 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "<sweep>", default_nam
         hparams=_table(data, "hparams", where),
         method_hparams={k: dict(v) for k, v in method_hparams.items()},
         model=_get(data, "model", str, where, None),
-        device=_get(data, "device", str, where, "cpu"),
+        device=_device(_get(data, "device", str, where, "cpu"), f"{where}: device"),
         data_dir=_get(data, "data_dir", str, where, None),
         executor=_parse_executor(data.get("executor", {}), f"{where} [executor]"),
         source=source,
@@ -319,6 +319,24 @@ def _fraction(data: Mapping[str, Any], key: str, where: str) -> float | None:
     return float(value)
 
 
+def _device(name: str, where: str) -> str:
+    """auto, cpu, cuda or cuda:N, checked before anything runs (not in every run's error.json)."""
+    index = name[len("cuda:"):] if name.startswith("cuda:") else None
+    if name not in ("auto", "cpu", "cuda") and not (index is not None and index.isdigit()):
+        raise ConfigError(f"{where} {name!r} is not a device; allowed: auto, cpu, cuda, cuda:N")
+    return name
+
+
+def check_local_device(config: "SweepConfig") -> None:
+    """A sweep run on this machine (inline, local) that asks for CUDA needs CUDA here."""
+    if config.device.startswith("cuda") and config.executor.kind in ("inline", "local"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {config.device!r} was asked for but CUDA is not available on this machine; "
+                              f"use --device cpu or auto")
+
+
 def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
     return dict(_get(data, key, dict, where, {}))
 
@@ -349,6 +367,8 @@ def apply_overrides(config: SweepConfig, **flags: Any) -> SweepConfig:
             raise ConfigError(f"--{key.replace('_', '-')} must be >= 1; got {top[key]}")
     if "methods" in top:
         top["methods"] = tuple(top["methods"])
+    if "device" in top:
+        _device(top["device"], "--device")
     executor = config.executor
     kind = flags.pop("executor", None)
     if kind is not None:

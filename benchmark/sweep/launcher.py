@@ -13,7 +13,7 @@ import sys
 from collections import Counter
 from typing import Any, TextIO
 
-from benchmark.sweep.config import SweepConfig, expand, preflight
+from benchmark.sweep.config import SweepConfig, check_local_device, expand, preflight
 from benchmark.sweep.executors import executor_class
 from benchmark.sweep.progress import eta_seconds, format_duration
 from benchmark.sweep.state import (DONE_STATE, FAILED, NOT_LAUNCHED, QUEUED, RUNNING, STALE, STATES, RunState,
@@ -32,6 +32,7 @@ def launch(config: SweepConfig, *, mode: str = "launch", stream: TextIO | None =
     specs = expand(config)
     executor = make_executor(config)
     executor.check()
+    check_local_device(config)
     states = run_states(specs, config.out_root)
     to_run = [s.spec for s in states if s.state in LAUNCHABLE[mode]]
     preflight(to_run)
