@@ -25,8 +25,10 @@ def test_format_value_percent_and_significant_digits():
 def test_markdown_escapes_pipes_and_keeps_long_reasons_whole():
     md = to_markdown(board())
     assert "a\\|b" in md and LONG in md
-    assert "| my_method | 3 | 72.5 ± 1.2 | n/a: " in md
-    assert "0.1235 (n=1) [1]" in md and "[1] my_method, err: 1 trial(s) without a value: no val split" in md
+    # an empty cell points to a numbered note that keeps its reason whole
+    assert "| my_method | 3 | 72.5 ± 1.2 | n/a [1] |" in md
+    assert "[1] n/a: " in md
+    assert "0.1235 (n=1) [2]" in md and "[2] my_method, err: 1 trial(s) without a value: no val split" in md
 
 
 def test_latex_booktabs_and_escaping():
@@ -46,4 +48,4 @@ def test_csv_is_long_and_lossless():
 
 def test_html_escapes_and_marks_missing_cells():
     page = render(board(), "html")
-    assert "<td class=\"missing\">n/a: " in page and "&lt;" not in LONG and "my_method" in page
+    assert "<td class=\"missing\">n/a [1]</td>" in page and "n/a: " in page and "&lt;" not in LONG and "my_method" in page

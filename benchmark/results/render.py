@@ -2,8 +2,8 @@
 
 Cell text: accuracy in percent with one decimal, "mean ± SE" (the SE is left out for a
 single trial); MSE and extra metrics with 4 significant digits. A cell whose number of
-trials differs from its row's says "(n=k)". A cell with a caveat gets a numbered note
-under its table; an empty cell says why inline ("n/a: no runs").
+trials differs from its row's says "(n=k)". A cell with a caveat, and an empty cell ("n/a"),
+get a numbered note under the table that says why; a reason shared by cells is one note.
 """
 
 from __future__ import annotations
@@ -28,22 +28,31 @@ def format_value(cell: Cell, plus_minus: str = "±") -> str:
 
 
 def _cells(table: Table, plus_minus: str = "±") -> tuple[list[str], list[list[str]], list[str]]:
-    """Header, rows of plain text, and numbered notes, shared by every renderer."""
+    """Header, rows of plain text, and numbered notes, shared by every renderer.
+
+    Why a cell is empty, and a caveat on a number, go into numbered notes under the table;
+    one reason shared by many cells is one note, so a table of "n/a" stays readable.
+    """
     header = ["method", "trials", *table.columns]
     rows, notes = [], []
+
+    def note_number(text: str) -> int:
+        if text not in notes:
+            notes.append(text)
+        return notes.index(text) + 1
+
     for method, (trials, cells) in sorted(table.rows.items()):
         row = [method, str(trials)]
         for column in table.columns:
             cell = cells.get(column, Cell(note="no runs", metric=table.metric))
             if cell.mean is None:
-                row.append(f"n/a: {cell.note}")
+                row.append(f"n/a [{note_number(f'n/a: {cell.note}')}]")
                 continue
             text = format_value(cell, plus_minus)
             if cell.n != trials:
                 text += f" (n={cell.n})"
             if cell.note:
-                notes.append(f"{method}, {column}: {cell.note}")
-                text += f" [{len(notes)}]"
+                text += f" [{note_number(f'{method}, {column}: {cell.note}')}]"
             row.append(text)
         rows.append(row)
     return header, rows, notes
