@@ -87,7 +87,7 @@ class DatasetFamily:
     def resolve_options(cls, given: Mapping[str, Any] | None) -> dict[str, Any]:
         """All options with defaults filled in, validated, in a canonical order."""
         values = {name: opt.default for name, opt in cls.options.items()}
-        values.update(validate_overrides(cls.options, dict(given or {}), f"dataset {cls.name!r} (options)"))
+        values.update(validate_overrides(cls.options, dict(given or {}), f"dataset {cls.name!r}", kind="option"))
         cls.check_options(values)
         return dict(sorted(values.items()))
 

@@ -114,23 +114,27 @@ class HParam:
             return "true or false"
         if self.type is tuple:
             return "a comma-separated list like " + ",".join(map(str, self.default))
-        low = "-inf" if self.low is None else f"{self.low:g}"
-        high = "inf" if self.high is None else f"{self.high:g}"
+        spec = "," if self.type is int else "g"  # integers in full: 10,000,000, not 1e+07
+        low = "-inf" if self.low is None else format(self.low, spec)
+        high = "inf" if self.high is None else format(self.high, spec)
         return f"a{'n integer' if self.type is int else ' number'} in [{low}, {high}]"
 
-    def validate(self, name: str, value: Any) -> Any:
-        """Return ``value`` converted to this hyperparameter's type, or raise ConfigError."""
-        value = self._convert(name, value)
+    def validate(self, name: str, value: Any, kind: str = "hyperparameter") -> Any:
+        """Return ``value`` converted to this declaration's type, or raise ConfigError.
+
+        ``kind`` names what is declared in the messages ("hyperparameter" or "option").
+        """
+        value = self._convert(name, value, kind)
         if self.choices is not None and value not in self.choices:
-            raise ConfigError(f"hyperparameter {name}={value!r} is not allowed: use {self.allowed()}")
+            raise ConfigError(f"{kind} {name}={value!r} is not allowed: use {self.allowed()}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value) or (self.low is not None and value < self.low) or (
                 self.high is not None and value > self.high
             ):
-                raise ConfigError(f"hyperparameter {name}={value!r} is out of range: use {self.allowed()}")
+                raise ConfigError(f"{kind} {name}={value!r} is out of range: use {self.allowed()}")
         return value
 
-    def _convert(self, name: str, value: Any) -> Any:
+    def _convert(self, name: str, value: Any, what: str) -> Any:
         kind = self.type
         try:
             if kind is bool:
@@ -160,7 +164,7 @@ class HParam:
             return kind(value)
         except (TypeError, ValueError):
             raise ConfigError(
-                f"hyperparameter {name}={value!r} is not {kind.__name__}: use {self.allowed()}"
+                f"{what} {name}={value!r} is not {kind.__name__}: use {self.allowed()}"
             ) from None
 
 
@@ -212,7 +216,9 @@ def draw(space: Mapping[str, HParam], hparams_seed: int) -> dict[str, Any]:
     }
 
 
-def validate_overrides(space: Mapping[str, HParam], overrides: Mapping[str, Any], owner: str) -> dict:
+def validate_overrides(space: Mapping[str, HParam], overrides: Mapping[str, Any], owner: str,
+                       kind: str = "hyperparameter") -> dict:
+    """Validated, converted values; a ConfigError names the owner, the value and what is allowed."""
     unknown = sorted(set(overrides) - set(space))
     if unknown:
         import difflib
@@ -222,6 +228,12 @@ def validate_overrides(space: Mapping[str, HParam], overrides: Mapping[str, Any]
             close = difflib.get_close_matches(name, list(space), n=1)
             hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ConfigError(
-            f"unknown hyperparameter {', '.join(hints)} for {owner}; allowed: {', '.join(sorted(space))}"
+            f"unknown {kind} {', '.join(hints)} for {owner}; allowed: {', '.join(sorted(space))}"
         )
-    return {name: space[name].validate(name, value) for name, value in overrides.items()}
+    values = {}
+    for name, value in overrides.items():
+        try:
+            values[name] = space[name].validate(name, value, kind)
+        except ConfigError as exc:
+            raise ConfigError(f"{owner}: {exc}") from None
+    return values

@@ -105,3 +105,12 @@ def test_full_batch_protocols_stay_full_batch_in_every_draw():
     assert {make_spec("linear_sem", "erm", hparams_seed=seed).hparams["batch_size"] for seed in range(1, 20)} == {0}
     # an explicit value still wins
     assert make_spec("linear_sem", "erm", hparams_seed=3, overrides={"batch_size": 8}).hparams["batch_size"] == 8
+
+
+def test_errors_name_the_owner_and_say_option_or_hyperparameter():
+    with pytest.raises(ConfigError, match=r"unknown option 'n_per_envv' \(did you mean 'n_per_env'\?\) for dataset 'linear_sem'"):
+        make_spec("linear_sem", "erm", dataset_options={"n_per_envv": 3})
+    with pytest.raises(ConfigError, match=r"dataset 'linear_sem': option n_per_env=1 is out of range: use an integer in \[2, 10,000,000\]"):
+        make_spec("linear_sem", "erm", dataset_options={"n_per_env": 1})
+    with pytest.raises(ConfigError, match=r"method 'erm': hyperparameter lr=1000000.0 is out of range"):
+        make_spec("linear_sem", "erm", overrides={"lr": 1e6})
