@@ -21,8 +21,6 @@ are dropped first, so none repeats and none is missing.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import socket
 import time
@@ -39,12 +37,11 @@ from benchmark.io import append_jsonl, atomic_write_bytes, atomic_write_json, it
 from benchmark.method import Method
 from benchmark.models import build_model
 from benchmark.registry import DATASETS, METHODS
+from benchmark.rundir import CHECKPOINT, DATASET, DONE, ERROR, METRICS, SPEC, STARTED, TIMING, run_lock
+# re-exported: readers of run directories and the executors import these from the runner
+from benchmark.rundir import LOCK, RunBusyError, is_locked, run_status  # noqa: F401
 from benchmark.spec import RunSpec
 
-SPEC, DATASET, STARTED, METRICS, TIMING, CHECKPOINT, DONE, ERROR, LOCK = (
-    "spec.json", "dataset.json", "started.json", "metrics.jsonl", "timing.jsonl",
-    "checkpoint.pt", "done.json", "error.json", "lock",
-)
 EVAL_CHUNK = 8192
 
 
@@ -54,44 +51,6 @@ class RunFailedError(RuntimeError):
     def __init__(self, run_dir: Path, message: str):
         super().__init__(f"run {run_dir.name} failed: {message} (traceback in {run_dir / ERROR})")
         self.run_dir = run_dir
-
-
-class RunBusyError(InvbenchError):
-    """Another process holds the run's lock: it is training this run right now."""
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path):
-    """Hold the run's exclusive lock (non-blocking). The kernel releases it when the process
-    dies, however it dies, so a held lock means a live worker."""
-    fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise RunBusyError(f"run {Path(run_dir).name} is being trained by another process (its lock is held)") from None
-    try:
-        yield
-    finally:
-        os.close(fd)
-
-
-def is_locked(run_dir: Path) -> bool:
-    """Whether a live process is training the run now (its lock is held)."""
-    path = Path(run_dir) / LOCK
-    if not path.exists():
-        return False
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -342,17 +301,6 @@ def _checkpoint_bytes(spec: RunSpec, step: int, elapsed: float, model, optimizer
         "optimizer": optimizer.state_dict(), "method": method.state_dict(), "rng": torch.get_rng_state(),
     }, buffer)
     return buffer.getvalue()
-
-
-def run_status(run_dir: Path) -> str:
-    """done, failed, started or missing: what the files say (the launcher adds liveness)."""
-    if (run_dir / DONE).exists():
-        return "done"
-    if (run_dir / ERROR).exists():
-        return "failed"
-    if (run_dir / STARTED).exists():
-        return "started"
-    return "missing"
 
 
 def load_records(run_dir: Path) -> list[dict]:

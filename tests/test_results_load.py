@@ -1,8 +1,7 @@
 """Loading run directories: tidy rows, corrupt lines, unfinished runs, data sources."""
 
-import json
+
 import sys
-import warnings
 from pathlib import Path
 
 import pytest

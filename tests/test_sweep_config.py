@@ -1,8 +1,6 @@
 """The sweep file: schema errors for people, deterministic expansion, overrides, and the
 shipped example files."""
 
-import dataclasses
-from pathlib import Path
 
 import pytest
 

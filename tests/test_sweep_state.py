@@ -1,7 +1,7 @@
 """Run states from run directories and executors, and the progress/ETA arithmetic."""
 
 import io
-import json
+
 import os
 import stat
 import time

@@ -19,7 +19,6 @@ def register(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from benchmark.commands import collect
     from benchmark.sweep import launcher
     from benchmark.sweep.config import apply_overrides, load_sweep, shipped_sweeps
 

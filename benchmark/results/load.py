@@ -25,8 +25,7 @@ from typing import Any
 
 from benchmark.io import iter_jsonl, read_json
 
-SPEC, DATASET, METRICS, DONE, ERROR, STARTED = (
-    "spec.json", "dataset.json", "metrics.jsonl", "done.json", "error.json", "started.json")
+from benchmark.rundir import DATASET, METRICS, SPEC, run_status
 
 # Columns describing a run, repeated on each of its rows.
 RUN_COLUMNS = ["run", "run_id", "dataset", "options", "source", "method", "config", "hparams_seed", "trial",
@@ -68,17 +67,6 @@ class Results:
         if self.skipped_lines:
             parts.append(f"{len(self.skipped_lines)} corrupt line(s) skipped")
         return "; ".join(parts)
-
-
-def run_status(run_dir: Path) -> str:
-    """done, failed, started or missing, from the files alone (as benchmark.runner)."""
-    if (run_dir / DONE).exists():
-        return "done"
-    if (run_dir / ERROR).exists():
-        return "failed"
-    if (run_dir / STARTED).exists():
-        return "started"
-    return "missing"
 
 
 def source_label(source: dict) -> str:

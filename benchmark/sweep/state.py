@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from benchmark.io import atomic_write_json, read_json
-from benchmark.runner import DONE, ERROR, STARTED, is_locked
+from benchmark.rundir import DONE, ERROR, STARTED, is_locked
 
 LAUNCH = "launch.json"
 NOT_LAUNCHED, QUEUED, RUNNING, DONE_STATE, FAILED, STALE = (

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from benchmark.rundir import lock_held
 from benchmark.sweep.state import JobState
 
 LAUNCHERS = Path(".invbench") / "launchers"
@@ -70,20 +71,6 @@ class LauncherLock:
 
     def launch_fields(self) -> dict:
         return {"lock": str(self.path), "pid": self.pid, "host": self.host}
-
-
-def lock_held(path: str | Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
 
 
 class InProcessExecutor(Executor):
