@@ -1,6 +1,5 @@
 """Loading run directories: tidy rows, corrupt lines, unfinished runs, data sources."""
 
-
 import sys
 from pathlib import Path
 

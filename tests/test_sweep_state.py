@@ -1,7 +1,6 @@
 """Run states from run directories and executors, and the progress/ETA arithmetic."""
 
 import io
-
 import os
 import stat
 import time
