@@ -17,7 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import torch
+
 from benchmark.hparams import HParam, LogUniform
+from benchmark.method import Method, Objective
 
 
 def schedule_hparams(*, weight: float, weight_search: Any, anneal: int, anneal_search: Any,
@@ -72,3 +75,24 @@ def check_schedule(hparams: Mapping[str, Any], steps: int) -> list[str]:
                 f"for the whole run and penalty_weight={hparams['penalty_weight']:g} never applies; "
                 "lower anneal_iters or raise steps"]
     return []
+
+
+class ScheduledPenaltyMethod(Method):
+    """Base of the methods whose penalty follows the schedule above (IRMv1, V-REx, MM-REx)."""
+
+    @classmethod
+    def check_hparams(cls, hparams: Mapping[str, Any], steps: int) -> list[str]:
+        return check_schedule(hparams, steps)
+
+    def __init__(self, hparams, n_envs, task, env_sizes=None):
+        super().__init__(hparams, n_envs, task, env_sizes)
+        self.schedule = PenaltySchedule.from_hparams(self.hp)
+
+    def scheduled(self, risk: torch.Tensor, penalty: torch.Tensor, step: int, env_losses: torch.Tensor,
+                  logs: dict[str, float] | None = None) -> Objective:
+        """The step's objective with the schedule's weight and divisor."""
+        return Objective(risk=risk, penalty=penalty, penalty_weight=self.schedule.weight(step),
+                         divide_by=self.schedule.divide_by(step), env_losses=env_losses, logs=logs or {})
+
+    def optimizer_reset_step(self) -> int | None:
+        return self.schedule.reset_step()

@@ -9,10 +9,10 @@ from torch import autograd, nn
 
 from benchmark.errors import ConfigError
 from benchmark.hparams import HParam
-from benchmark.method import Batch, Method, Objective
+from benchmark.method import Batch, Objective
 from benchmark.registry import METHODS
-from methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, PenaltySchedule,
-                              check_schedule, schedule_hparams)
+from methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, ScheduledPenaltyMethod,
+                              schedule_hparams)
 
 # The IRM paper's tuned Colored MNIST values (Arjovsky et al. 2019, the code's README):
 # hidden 390, l2 0.00110794568, lr 0.0004898536566546834, anneal 190, penalty 91257.18613115903,
@@ -24,7 +24,7 @@ IRM_PAPER = {
 
 
 @METHODS.register("irm")
-class IRM(Method):
+class IRM(ScheduledPenaltyMethod):
     """IRMv1: mean environment risk + w * mean over environments of ||d R_e(s * f) / d s at s=1||^2.
 
     Arjovsky, Bottou, Gulrajani & Lopez-Paz (2019), "Invariant Risk Minimization", eq. (IRMv1)
@@ -59,21 +59,15 @@ class IRM(Method):
         "irm-paper": {**IRM_PAPER, "estimator": "full_batch", "scale_loss": True, "reset_optimizer": False},
     }
 
-    @classmethod
-    def check_hparams(cls, hparams, steps):
-        return check_schedule(hparams, steps)
-
     def __init__(self, hparams, n_envs, task, env_sizes=None):
         super().__init__(hparams, n_envs, task, env_sizes)
-        self.schedule = PenaltySchedule.from_hparams(self.hp)
         self.estimator = self.hp["estimator"]
 
     def objective(self, model: nn.Module, batches: Sequence[Batch], step: int) -> Objective:
         logits = self.env_logits(model, batches)
         losses = self.env_losses(logits, batches)
         penalty = torch.stack([self.penalty(out, y) for out, (_, y) in zip(logits, batches)]).mean()
-        return Objective(risk=losses.mean(), penalty=penalty, penalty_weight=self.schedule.weight(step),
-                         divide_by=self.schedule.divide_by(step), env_losses=losses)
+        return self.scheduled(losses.mean(), penalty, step, losses)
 
     def penalty(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One environment's IRMv1 penalty with the configured estimator."""
@@ -90,6 +84,3 @@ class IRM(Method):
         scale = torch.ones((), device=logits.device, dtype=logits.dtype, requires_grad=True)
         loss = self.task.loss(logits * scale, y)
         return autograd.grad(loss, [scale], create_graph=True)[0]
-
-    def optimizer_reset_step(self) -> int | None:
-        return self.schedule.reset_step()

@@ -6,14 +6,14 @@ from typing import Sequence
 
 from torch import nn
 
-from benchmark.method import Batch, Method, Objective
+from benchmark.method import Batch, Objective
 from benchmark.registry import METHODS
-from methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, PenaltySchedule,
-                              check_schedule, schedule_hparams)
+from methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, ScheduledPenaltyMethod,
+                              schedule_hparams)
 
 
 @METHODS.register("mmrex")
-class MMREx(Method):
+class MMREx(ScheduledPenaltyMethod):
     """MM-REx: mean risk + w * (max_e R_e - mean risk), i.e. (1 - E lambda_min) max_e R_e + lambda_min sum_e R_e.
 
     Krueger et al. (2021), "Out-of-Distribution Generalization via Risk Extrapolation (REx)",
@@ -36,21 +36,9 @@ class MMREx(Method):
                                anneal_search=DOMAINBED_ANNEAL_SEARCH, scale_loss=False, reset_optimizer=True,
                                what="excess worst-case risk max_e R_e - mean R (w = 1 - E * lambda_min)")
 
-    @classmethod
-    def check_hparams(cls, hparams, steps):
-        return check_schedule(hparams, steps)
-
-    def __init__(self, hparams, n_envs, task, env_sizes=None):
-        super().__init__(hparams, n_envs, task, env_sizes)
-        self.schedule = PenaltySchedule.from_hparams(self.hp)
-
     def objective(self, model: nn.Module, batches: Sequence[Batch], step: int) -> Objective:
         losses = self.env_losses(self.env_logits(model, batches), batches)
         mean = losses.mean()
         weight = self.schedule.weight(step)
-        return Objective(risk=mean, penalty=losses.max() - mean, penalty_weight=weight,
-                         divide_by=self.schedule.divide_by(step), env_losses=losses,
-                         logs={"lambda_min": (1.0 - weight) / self.n_envs})
-
-    def optimizer_reset_step(self) -> int | None:
-        return self.schedule.reset_step()
+        return self.scheduled(mean, losses.max() - mean, step, losses,
+                              logs={"lambda_min": (1.0 - weight) / self.n_envs})

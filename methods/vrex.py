@@ -7,15 +7,15 @@ from typing import Sequence
 from torch import nn
 
 from benchmark.hparams import HParam
-from benchmark.method import Batch, Method, Objective
+from benchmark.method import Batch, Objective
 from benchmark.registry import METHODS
-from methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, PenaltySchedule,
-                              check_schedule, schedule_hparams)
+from methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, ScheduledPenaltyMethod,
+                              schedule_hparams)
 from methods.irm import IRM_PAPER
 
 
 @METHODS.register("vrex")
-class VREx(Method):
+class VREx(ScheduledPenaltyMethod):
     """V-REx: mean (or sum) of environment risks + w * population variance of the risks.
 
     Krueger et al. (2021), "Out-of-Distribution Generalization via Risk Extrapolation (REx)",
@@ -49,21 +49,9 @@ class VREx(Method):
         "irm-paper": {**IRM_PAPER, "risk_reduction": "mean", "scale_loss": True, "reset_optimizer": False},
     }
 
-    @classmethod
-    def check_hparams(cls, hparams, steps):
-        return check_schedule(hparams, steps)
-
-    def __init__(self, hparams, n_envs, task, env_sizes=None):
-        super().__init__(hparams, n_envs, task, env_sizes)
-        self.schedule = PenaltySchedule.from_hparams(self.hp)
-
     def objective(self, model: nn.Module, batches: Sequence[Batch], step: int) -> Objective:
         losses = self.env_losses(self.env_logits(model, batches), batches)
         risk = losses.sum() if self.hp["risk_reduction"] == "sum" else losses.mean()
         # Population variance: torch's var() would divide by E - 1.
         penalty = (losses - losses.mean()).pow(2).mean()
-        return Objective(risk=risk, penalty=penalty, penalty_weight=self.schedule.weight(step),
-                         divide_by=self.schedule.divide_by(step), env_losses=losses)
-
-    def optimizer_reset_step(self) -> int | None:
-        return self.schedule.reset_step()
+        return self.scheduled(risk, penalty, step, losses)
