@@ -76,7 +76,8 @@ def test_oracle_without_test_val_split_says_so():
 
 def test_last_checkpoint_reports_the_final_step_without_val():
     d0 = cand("r0", {("a", "train"): [0.5, 0.6, 0.7], ("c", "train"): [0.2, 0.9, 0.35]})
-    assert LastCheckpoint().select([d0], ("c",), "c") == Selected("r0", 20, 0.35)
+    # with the training environments' mean "train" score at that step (only a has one): 0.7
+    assert LastCheckpoint().select([d0], ("c",), "c") == Selected("r0", 20, 0.35, {"train envs": 0.7})
 
 
 def test_last_checkpoint_refuses_to_choose_between_configurations():
@@ -102,7 +103,8 @@ def test_leave_one_out_validates_on_each_held_out_training_env():
     # Y: = [0.4, 0.5, 0.7] -> step 20 (0.7): Y wins; report a from Y's (a,) run at step 20.
     x = _loo_runs("X", 0, [0.4, 0.6, 0.5], [0.6, 0.6, 0.6], [0.11, 0.12, 0.13])
     y = _loo_runs("Y", 1, [0.4, 0.4, 0.8], [0.4, 0.6, 0.6], [0.21, 0.22, 0.23])
-    assert LeaveOneEnvironmentOut().select(x + y, ("a",), "a") == Selected("Y-a", 20, 0.23)
+    # the (a,) run's training envs b and c score 0 on "train" at step 20
+    assert LeaveOneEnvironmentOut().select(x + y, ("a",), "a") == Selected("Y-a", 20, 0.23, {"train envs": 0.0})
 
 
 def test_leave_one_out_names_the_runs_that_were_not_launched():

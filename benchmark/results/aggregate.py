@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmark.results.load import Results
-from benchmark.results.selection import Missing, SelectionStrategy, candidates_from
+from benchmark.results.selection import TRAIN_ENVS, Missing, SelectionStrategy, candidates_from
 
 AVG, WORST = "avg", "worst"
 
@@ -130,6 +130,8 @@ def build_leaderboard(results: Results, strategy: SelectionStrategy) -> Leaderbo
                                            "column": label, "metric": metric, "trial": trial,
                                            "value": choice.value, "run": choice.run, "step": choice.step})
                     for name, value in choice.extras.items():
+                        if name == TRAIN_ENVS and len(env_columns) > 1:
+                            continue  # one train column per test env would bury the table
                         extras_by_col.setdefault((name, label), []).append(value)
                         per_trial_rows.append({"dataset": dataset, "source": source, "method": method,
                                                "column": f"{name} ({label})", "metric": name, "trial": trial,
@@ -152,13 +154,13 @@ def build_leaderboard(results: Results, strategy: SelectionStrategy) -> Leaderbo
                 key = name if len(env_columns) == 1 else f"{name} ({label})"
                 extra_names.add(key)
                 m, se = mean_se(values)
-                cells[key] = Cell(m, se, len(values), "", name)
+                cells[key] = Cell(m, se, len(values), "", metric if name == TRAIN_ENVS else name)
             n_trials = len({t for t in trials if by_trial[t]})
             rows[method] = (n_trials, cells)
         columns = [label for _, _, label in env_columns]
         if len(env_columns) >= 2:
             columns += [AVG, WORST]
-        columns += sorted(extra_names)
+        columns += sorted(extra_names, key=lambda name: (not name.startswith(TRAIN_ENVS), name))
         tables.append(Table(dataset, source, metric, columns, rows))
     per_trial = pd.DataFrame(per_trial_rows, columns=["dataset", "source", "method", "column", "metric",
                                                       "trial", "value", "run", "step"])

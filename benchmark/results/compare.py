@@ -23,6 +23,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.results.selection import TRAIN_ENVS
+
 BASELINE_COLUMNS = ["dataset", "source", "selection", "method", "column", "metric", "trial", "value", "run", "step"]
 KEY = ["dataset", "source", "method", "column", "metric"]
 
@@ -98,7 +100,12 @@ def welch(base: list[float], cur: list[float]) -> tuple[float, float]:
 
 
 def compare_frames(base, cur, threshold: float = 1.0, alpha: float = 0.05):
-    """Compare two per-trial frames; returns (comparisons, only_in_baseline, only_in_current)."""
+    """Compare two per-trial frames; returns (comparisons, only_in_baseline, only_in_current).
+
+    The training environments' score is left out: it describes a run, and an invariance
+    method may rightly give some of it up; regression tracking guards the test numbers.
+    """
+    base, cur = base[base["metric"] != TRAIN_ENVS], cur[cur["metric"] != TRAIN_ENVS]
     b = {k: list(g["value"]) for k, g in base.groupby(KEY, sort=True)}
     c = {k: list(g["value"]) for k, g in cur.groupby(KEY, sort=True)}
     out = []

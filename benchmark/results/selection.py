@@ -65,6 +65,7 @@ class Missing:
 
 
 NOT_LAUNCHED = "needs runs that were not launched"
+TRAIN_ENVS = "train envs"  # the extra column with the training environments' mean score
 NO_VAL = "no val split"
 
 
@@ -86,7 +87,14 @@ class SelectionStrategy:
     @staticmethod
     def _report(candidate: Candidate, step: int, env: str) -> Selected:
         value = float(candidate.scores.loc[step, (env, candidate.report_split(env))])
-        return Selected(candidate.run, int(step), value, candidate.extras_at(step))
+        extras = candidate.extras_at(step)
+        # the training environments' mean score at the same checkpoint: the "train acc"
+        # that the IRM paper reports beside the test accuracy
+        train = [float(candidate.scores.loc[step, (e, TRAIN)]) for e in candidate.train_envs
+                 if candidate.has(e, TRAIN)]
+        if train:
+            extras = {TRAIN_ENVS: sum(train) / len(train), **extras}
+        return Selected(candidate.run, int(step), value, extras)
 
 
 class TrainingDomainValidation(SelectionStrategy):
