@@ -58,8 +58,9 @@ def test_failing_run_does_not_stop_the_others_and_retry_runs_only_it(tmp_path, f
 
 
 def test_sigkill_of_the_launcher_then_relaunch_completes_every_record_exactly_once(tmp_path):
+    # runs long enough (seconds each, even on an idle machine) that the kill lands mid-run
     steps, every = 2000, 50
-    path = write(tmp_path, trials=4, steps=steps, eval_every=every)
+    path = write(tmp_path, trials=4, steps=steps, eval_every=every, n_per_env=20_000)
     dirs = run_dirs(path)
     launcher = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "sweep", "launch", str(path)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
