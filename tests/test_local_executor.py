@@ -128,7 +128,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_cancel_stops_the_local_launcher_and_its_runs_become_stale(tmp_path):
-    path = write(tmp_path, trials=2, steps=4000, eval_every=50)
+    path = write(tmp_path, trials=2, steps=4000, eval_every=50, n_per_env=20_000)  # still running when cancelled
     dirs = run_dirs(path)
     launcher_proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "sweep", "launch", str(path)], cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -155,7 +155,7 @@ def test_ctrl_c_stops_an_inline_sweep_without_a_traceback_and_relaunch_resumes(t
     """Ctrl-C ends the launch (exit 130, no traceback); the interrupted run is stale, not
     failed, no later run starts, and the next launch finishes everything."""
     steps, every = 4000, 50
-    path = write(tmp_path, trials=3, steps=steps, eval_every=every, executor="inline")
+    path = write(tmp_path, trials=3, steps=steps, eval_every=every, executor="inline", n_per_env=20_000)
     dirs = run_dirs(path)
     proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "sweep", "launch", str(path)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

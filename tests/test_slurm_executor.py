@@ -92,7 +92,9 @@ def test_preempted_run_is_requeued_and_resumes_at_its_saved_step(slurm_cluster, 
     import submitit
 
     steps, every = 3000, 50
-    path = write(tmp_path, "long.toml", out="long", trials=1, steps=steps, eval_every=every, executor="slurm")
+    # long enough (seconds, even on idle cores) that the signal lands mid-run
+    path = write(tmp_path, "long.toml", out="long", trials=1, steps=steps, eval_every=every, executor="slurm",
+                 n_per_env=20_000)
     config = load_sweep(path)
     (spec,) = expand(config)
     run_dir = config.out_root / spec.dirname
