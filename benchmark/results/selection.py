@@ -115,7 +115,7 @@ class TrainingDomainValidation(SelectionStrategy):
         for c in runs:
             columns = [(e, VAL) for e in c.train_envs]
             if not columns or not all(c.has(*col) for col in columns):
-                return Missing(f"{NO_VAL} in the training environments (training-domain validation needs holdout > 0)")
+                return Missing(f"{NO_VAL} in the training environments (training-domain validation needs holdout > 0; --selection last reports the final checkpoint)")
             val = c.scores[columns].mean(axis=1).dropna()
             if val.empty:
                 continue
@@ -145,7 +145,7 @@ class TestDomainOracle(SelectionStrategy):
         best: tuple[float, Candidate, int] | None = None
         for c in runs:
             if not c.has(env, VAL):
-                return Missing(f"{NO_VAL} in the test environment (the oracle needs holdout > 0)")
+                return Missing(f"{NO_VAL} in the test environment (the oracle needs holdout > 0; --selection last reports the final checkpoint)")
             step = c.scores.index.max()
             value = c.scores.loc[step, (env, VAL)]
             if value != value:
