@@ -116,13 +116,9 @@ class TrainingDomainValidation(SelectionStrategy):
             columns = [(e, VAL) for e in c.train_envs]
             if not columns or not all(c.has(*col) for col in columns):
                 return Missing(f"{NO_VAL} in the training environments (training-domain validation needs holdout > 0; --selection last reports the final checkpoint)")
-            val = c.scores[columns].mean(axis=1).dropna()
-            if val.empty:
-                continue
-            utility = val.map(c.utility)
-            step = utility.idxmax()  # first maximum: the earliest step
-            if best is None or utility[step] > best[0]:
-                best = (utility[step], c, step)
+            scored = _best_step(c, c.scores[columns].mean(axis=1))
+            if scored is not None and (best is None or scored[0] > best[0]):
+                best = (scored[0], c, scored[1])
         if best is None:
             return Missing("no evaluated checkpoints")
         return self._report(best[1], best[2], env)
@@ -216,19 +212,25 @@ class LeaveOneEnvironmentOut(SelectionStrategy):
             for v, partner in held:
                 column = partner.scores[(v, partner.report_split(v))]
                 val = column if val is None else val + column
-            val = (val / len(held)).reindex(c.scores.index).dropna()
-            if val.empty:
-                continue
-            utility = val.map(c.utility)
-            step = utility.idxmax()
-            if best is None or utility[step] > best[0]:
-                best = (utility[step], c, step)
+            scored = _best_step(c, (val / len(held)).reindex(c.scores.index))
+            if scored is not None and (best is None or scored[0] > best[0]):
+                best = (scored[0], c, scored[1])
         if best is None:
             if missing_sets:
                 sets = "; ".join("{" + ", ".join(s) + "}" for s in sorted(missing_sets))
                 return Missing(f"{NOT_LAUNCHED} (test envs {sets})")
             return Missing("no evaluated checkpoints")
         return self._report(best[1], best[2], env)
+
+
+def _best_step(c: Candidate, validation) -> tuple[float, int] | None:
+    """(utility, step) of the best evaluated step of one run's validation series; the first
+    maximum, so ties go to the earliest step. None when no step was evaluated."""
+    utility = validation.dropna().map(c.utility)
+    if utility.empty:
+        return None
+    step = utility.idxmax()
+    return utility[step], step
 
 
 def _env_order(c: Candidate) -> list[str]:
