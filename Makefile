@@ -30,7 +30,7 @@ $(PY):
 
 $(INSTALLED): pyproject.toml | $(PY)
 	$(PIP) -e . 2>&1 | grep -v "is ignored: it is neither" || true
-	$(PY) -c "import benchmark, torch, torchvision, pandas, seaborn, submitit"
+	$(PY) -c "import invbench, invbench.methods, invbench.datasets, torch, torchvision, pandas, seaborn, submitit"
 	touch $@
 
 $(INSTALLED_TEST): pyproject.toml $(INSTALLED)

@@ -8,7 +8,7 @@ import importlib
 import sys
 import warnings
 
-from benchmark.errors import InvbenchError
+from invbench.errors import InvbenchError
 
 # Each module adds its subcommands with register(subparsers) and sets func on them.
 COMMAND_MODULES = ("listing", "run", "sweep", "collect", "compare", "demo")
@@ -39,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:
-            module = importlib.import_module(f"benchmark.commands.{name}")
+            module = importlib.import_module(f"invbench.commands.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"benchmark.commands.{name}":
+            if exc.name != f"invbench.commands.{name}":
                 raise
             continue
         module.register(sub)
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _show_warnings_once()
-    from benchmark.runner import RunFailedError
+    from invbench.runner import RunFailedError
 
     try:
         return int(args.func(args) or 0)

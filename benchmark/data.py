@@ -14,9 +14,9 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 
-from benchmark.errors import ConfigError
-from benchmark.hparams import HParam, validate_overrides
-from benchmark.tasks import Task
+from invbench.errors import ConfigError
+from invbench.hparams import HParam, validate_overrides
+from invbench.tasks import Task
 
 TRAIN, VAL, TEST = "train", "val", "test"
 

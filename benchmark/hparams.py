@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from benchmark.errors import ConfigError
+from invbench.errors import ConfigError
 
 
 # Search distributions -------------------------------------------------------------------

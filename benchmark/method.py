@@ -18,8 +18,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 from torch import nn
 
-from benchmark.hparams import HParam
-from benchmark.tasks import Task
+from invbench.hparams import HParam
+from invbench.tasks import Task
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs, labels) of one training environment
 

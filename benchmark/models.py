@@ -83,7 +83,7 @@ MODELS: dict[str, ModelBuilder] = {
 
 
 def build_model(name: str, input_shape: tuple[int, ...], n_outputs: int, hparams: Mapping) -> nn.Module:
-    from benchmark.errors import ConfigError
+    from invbench.errors import ConfigError
 
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; allowed: {', '.join(sorted(MODELS))}")

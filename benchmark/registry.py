@@ -15,7 +15,7 @@ import os
 import pkgutil
 from typing import Callable, Generic, Iterator, TypeVar
 
-from benchmark.errors import ConfigError, UnknownNameError
+from invbench.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -100,5 +100,5 @@ def describe(item: object) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
-METHODS: Registry = Registry("method", "methods")
-DATASETS: Registry = Registry("dataset", "datasets")
+METHODS: Registry = Registry("method", "invbench.methods")
+DATASETS: Registry = Registry("dataset", "invbench.datasets")

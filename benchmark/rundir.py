@@ -11,7 +11,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from benchmark.errors import InvbenchError
+from invbench.errors import InvbenchError
 
 SPEC, DATASET, STARTED, METRICS, TIMING, CHECKPOINT, DONE, ERROR, LOCK = (
     "spec.json", "dataset.json", "started.json", "metrics.jsonl", "timing.jsonl",

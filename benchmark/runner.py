@@ -30,17 +30,17 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from benchmark.data import TRAIN, Dataset
-from benchmark.errors import ConfigError, InvbenchError
-from benchmark.hparams import seed_hash
-from benchmark.io import append_jsonl, atomic_write_bytes, atomic_write_json, iter_jsonl, read_json
-from benchmark.method import Method
-from benchmark.models import build_model
-from benchmark.registry import DATASETS, METHODS
-from benchmark.rundir import CHECKPOINT, DATASET, DONE, ERROR, METRICS, SPEC, STARTED, TIMING, run_lock
+from invbench.data import TRAIN, Dataset
+from invbench.errors import ConfigError, InvbenchError
+from invbench.hparams import seed_hash
+from invbench.io import append_jsonl, atomic_write_bytes, atomic_write_json, iter_jsonl, read_json
+from invbench.method import Method
+from invbench.models import build_model
+from invbench.registry import DATASETS, METHODS
+from invbench.rundir import CHECKPOINT, DATASET, DONE, ERROR, METRICS, SPEC, STARTED, TIMING, run_lock
 # re-exported: readers of run directories and the executors import these from the runner
-from benchmark.rundir import LOCK, RunBusyError, is_locked, run_status  # noqa: F401
-from benchmark.spec import RunSpec
+from invbench.rundir import LOCK, RunBusyError, is_locked, run_status  # noqa: F401
+from invbench.spec import RunSpec
 
 EVAL_CHUNK = 8192
 

@@ -14,9 +14,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from benchmark.errors import ConfigError
-from benchmark.hparams import TRAINING_HPARAMS, HParam, draw, validate_overrides
-from benchmark.registry import DATASETS, METHODS
+from invbench.errors import ConfigError
+from invbench.hparams import TRAINING_HPARAMS, HParam, draw, validate_overrides
+from invbench.registry import DATASETS, METHODS
 
 class HParamWarning(UserWarning):
     """A valid but probably unintended setting (a penalty that never switches on)."""
@@ -148,7 +148,7 @@ def make_spec(
     Precedence for hyperparameters: the draw (0 = defaults), then the preset, then the
     explicit overrides.
     """
-    from benchmark.models import MODELS
+    from invbench.models import MODELS
 
     family = DATASETS.get(dataset)
     method_cls = METHODS.get(method)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from benchmark.errors import ConfigError
-from benchmark.hparams import HParam
+from invbench.errors import ConfigError
+from invbench.hparams import HParam
 
 
 def bernoulli(p: float, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from benchmark.errors import DataUnavailableError
+from invbench.errors import DataUnavailableError
 
 DATA_ENV = "INVBENCH_DATA"
 OFFLINE_ENV = "INVBENCH_OFFLINE"  # set to 1 to never try a download

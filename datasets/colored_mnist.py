@@ -6,13 +6,13 @@ from typing import Any, Mapping
 
 import torch
 
-from benchmark.data import Dataset, DatasetFamily, Environment, holdout_split
-from benchmark.errors import ConfigError
-from benchmark.hparams import HParam, LogUniform, RandInt, seed_hash
-from benchmark.registry import DATASETS
-from benchmark.tasks import Task
-from datasets._colouring import check_flips, colour, common_options
-from datasets._sources import load_images
+from invbench.data import Dataset, DatasetFamily, Environment, holdout_split
+from invbench.errors import ConfigError
+from invbench.hparams import HParam, LogUniform, RandInt, seed_hash
+from invbench.registry import DATASETS
+from invbench.tasks import Task
+from invbench.datasets._colouring import check_flips, colour, common_options
+from invbench.datasets._sources import load_images
 
 
 @DATASETS.register("cmnist_irm")
@@ -30,7 +30,7 @@ class ColoredMNISTIRM(DatasetFamily):
     applies; the source's name records it.
     """
 
-    images_kind = "mnist"  # which images the colours go on (datasets._sources.KINDS)
+    images_kind = "mnist"  # which images the colours go on (invbench.datasets._sources.KINDS)
     task = "binary"
     model = "mlp"
     options = {

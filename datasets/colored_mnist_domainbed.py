@@ -7,13 +7,13 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from benchmark.data import Dataset, DatasetFamily, Environment, holdout_split
-from benchmark.errors import ConfigError
-from benchmark.hparams import seed_hash
-from benchmark.registry import DATASETS
-from benchmark.tasks import Task
-from datasets._colouring import check_flips, colour, common_options, flip_name
-from datasets._sources import load_images
+from invbench.data import Dataset, DatasetFamily, Environment, holdout_split
+from invbench.errors import ConfigError
+from invbench.hparams import seed_hash
+from invbench.registry import DATASETS
+from invbench.tasks import Task
+from invbench.datasets._colouring import check_flips, colour, common_options, flip_name
+from invbench.datasets._sources import load_images
 
 
 @DATASETS.register("cmnist_domainbed")

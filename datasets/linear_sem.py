@@ -6,11 +6,11 @@ from typing import Any, Mapping
 
 import torch
 
-from benchmark.data import Dataset, DatasetFamily, Environment, holdout_split
-from benchmark.errors import ConfigError
-from benchmark.hparams import HParam
-from benchmark.registry import DATASETS
-from benchmark.tasks import Task
+from invbench.data import Dataset, DatasetFamily, Environment, holdout_split
+from invbench.errors import ConfigError
+from invbench.hparams import HParam
+from invbench.registry import DATASETS
+from invbench.tasks import Task
 
 
 @DATASETS.register("linear_sem")
@@ -68,7 +68,7 @@ class LinearSEM(DatasetFamily):
 
     def build(self, options: Mapping[str, Any], data_seed: int, holdout_fraction: float,
               data_dir: str | None) -> Dataset:
-        from benchmark.hparams import seed_hash
+        from invbench.hparams import seed_hash
 
         d = options["dim"]
         # One seeded stream per purpose: the scrambled and unscrambled variants share their

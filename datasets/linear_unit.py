@@ -7,10 +7,10 @@ from typing import Any, Mapping
 
 import torch
 
-from benchmark.data import TEST, TRAIN, VAL, Dataset, DatasetFamily, Environment, holdout_split
-from benchmark.hparams import HParam, seed_hash
-from benchmark.registry import DATASETS
-from benchmark.tasks import Task
+from invbench.data import TEST, TRAIN, VAL, Dataset, DatasetFamily, Environment, holdout_split
+from invbench.hparams import HParam, seed_hash
+from invbench.registry import DATASETS
+from invbench.tasks import Task
 
 
 class LinearUnitTest(DatasetFamily):

@@ -19,8 +19,8 @@ from typing import Any, Mapping
 
 import torch
 
-from benchmark.hparams import HParam, LogUniform
-from benchmark.method import Method, Objective
+from invbench.hparams import HParam, LogUniform
+from invbench.method import Method, Objective
 
 
 def schedule_hparams(*, weight: float, weight_search: Any, anneal: int, anneal_search: Any,

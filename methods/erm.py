@@ -6,8 +6,8 @@ from typing import Sequence
 
 from torch import nn
 
-from benchmark.method import Batch, Method, Objective
-from benchmark.registry import METHODS
+from invbench.method import Batch, Method, Objective
+from invbench.registry import METHODS
 
 
 @METHODS.register("erm")

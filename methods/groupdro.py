@@ -8,11 +8,11 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from benchmark.errors import ConfigError
-from benchmark.hparams import HParam, LogUniform
-from benchmark.method import Batch, Method, Objective
-from benchmark.registry import METHODS
-from methods.irm import IRM_PAPER
+from invbench.errors import ConfigError
+from invbench.hparams import HParam, LogUniform
+from invbench.method import Batch, Method, Objective
+from invbench.registry import METHODS
+from invbench.methods.irm import IRM_PAPER
 
 
 @METHODS.register("groupdro")

@@ -7,11 +7,11 @@ from typing import Sequence
 import torch
 from torch import autograd, nn
 
-from benchmark.errors import ConfigError
-from benchmark.hparams import HParam
-from benchmark.method import Batch, Objective
-from benchmark.registry import METHODS
-from methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, ScheduledPenaltyMethod,
+from invbench.errors import ConfigError
+from invbench.hparams import HParam
+from invbench.method import Batch, Objective
+from invbench.registry import METHODS
+from invbench.methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, ScheduledPenaltyMethod,
                               schedule_hparams)
 
 # The IRM paper's tuned Colored MNIST values (Arjovsky et al. 2019, the code's README):

@@ -6,9 +6,9 @@ from typing import Sequence
 
 from torch import nn
 
-from benchmark.method import Batch, Objective
-from benchmark.registry import METHODS
-from methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, ScheduledPenaltyMethod,
+from invbench.method import Batch, Objective
+from invbench.registry import METHODS
+from invbench.methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, ScheduledPenaltyMethod,
                               schedule_hparams)
 
 

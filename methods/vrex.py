@@ -6,12 +6,12 @@ from typing import Sequence
 
 from torch import nn
 
-from benchmark.hparams import HParam
-from benchmark.method import Batch, Objective
-from benchmark.registry import METHODS
-from methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, ScheduledPenaltyMethod,
+from invbench.hparams import HParam
+from invbench.method import Batch, Objective
+from invbench.registry import METHODS
+from invbench.methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, ScheduledPenaltyMethod,
                               schedule_hparams)
-from methods.irm import IRM_PAPER
+from invbench.methods.irm import IRM_PAPER
 
 
 @METHODS.register("vrex")

@@ -32,8 +32,8 @@ FORMATS = {"md": "md", "latex": "tex", "csv": "csv"}
 
 
 def golden_specs():
-    from benchmark.registry import METHODS as REGISTRY
-    from benchmark.spec import make_spec
+    from invbench.registry import METHODS as REGISTRY
+    from invbench.spec import make_spec
 
     methods = [m for m in METHODS if m in REGISTRY]
     test_sets = [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]
@@ -46,14 +46,14 @@ def golden_specs():
 
 
 def killed_spec():
-    from benchmark.spec import make_spec
+    from invbench.spec import make_spec
 
     return make_spec("golden_toy", "erm", test_envs=(0,), trial=3, overrides={"batch_size": 0}, steps=20,
                      eval_every=10, device="cpu")
 
 
 def make_sweep(out: Path) -> None:
-    from benchmark.runner import run
+    from invbench.runner import run
 
     for spec in golden_specs():
         run(spec, out)
@@ -68,8 +68,8 @@ def make_sweep(out: Path) -> None:
 
 
 def write_expected(sweep: Path, expected: Path) -> None:
-    from benchmark.results.aggregate import collect
-    from benchmark.results.render import render
+    from invbench.results.aggregate import collect
+    from invbench.results.render import render
 
     expected.mkdir(parents=True, exist_ok=True)
     for selection in SELECTIONS:

@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
-    from benchmark.runner import load_records, run
-    from benchmark.spec import make_spec
+    from invbench.runner import load_records, run
+    from invbench.spec import make_spec
 
     rows, failures = [], []
     for method in args.methods:

@@ -52,8 +52,8 @@ def slurm_cluster():
 FAILING_PLUGIN = '''
 import os
 
-from benchmark.registry import METHODS
-from methods.erm import ERM
+from invbench.registry import METHODS
+from invbench.methods.erm import ERM
 
 
 @METHODS.register("boom")

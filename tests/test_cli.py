@@ -1,7 +1,7 @@
 import json
 from pathlib import Path
 
-from benchmark.runner import METRICS
+from invbench.runner import METRICS
 
 
 def test_list_shows_methods_and_datasets(cli):
@@ -53,8 +53,8 @@ def test_input_error_found_inside_the_run_exits_2_and_is_recorded(cli, tmp_path)
 
 
 FAILING_METHOD = '''
-from benchmark.registry import METHODS
-from methods.erm import ERM
+from invbench.registry import METHODS
+from invbench.methods.erm import ERM
 
 
 @METHODS.register("failing")

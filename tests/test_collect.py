@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.cli import main as cli_main
+from invbench.cli import main as cli_main
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SWEEP, EXPECTED = FIXTURES / "golden_sweep", FIXTURES / "golden_expected"

@@ -12,9 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import golden_toy  # noqa: E402,F401  (registers the test-only dataset)
 
-from benchmark.cli import main as cli_main  # noqa: E402
+from invbench.cli import main as cli_main  # noqa: E402
 
-from benchmark.results.compare import compare_frames, per_trial_values, welch  # noqa: E402
+from invbench.results.compare import compare_frames, per_trial_values, welch  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -79,8 +79,8 @@ def invbench(capsys):
 # A real sweep made twice by the runner: the same code must pass, a planted drop must fail.
 
 def _sweep(out):
-    from benchmark.runner import run
-    from benchmark.spec import make_spec
+    from invbench.runner import run
+    from invbench.spec import make_spec
 
     for trial in range(6):
         run(make_spec("golden_toy", "erm", test_envs=(1,), trial=trial, overrides={"batch_size": 0}, steps=20,

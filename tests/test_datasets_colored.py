@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.errors import ConfigError
-from benchmark.registry import DATASETS
-from benchmark.spec import make_spec
-from datasets import _sources
+from invbench.errors import ConfigError
+from invbench.registry import DATASETS
+from invbench.spec import make_spec
+from invbench.datasets import _sources
 from idx_helpers import decode, write_dataset
 
 N_TRAIN, N_TEST = 12_000, 2_000  # a handmade "MNIST" with the real one's 6 : 1 proportions

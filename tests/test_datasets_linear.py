@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.models import Linear
-from benchmark.registry import DATASETS
-from benchmark.spec import make_spec
+from invbench.models import Linear
+from invbench.registry import DATASETS
+from invbench.spec import make_spec
 
 
 def build(name, seed=0, holdout=0.0, **options):

@@ -11,9 +11,9 @@ from idx_helpers import write_dataset
 # Run both here and in a fresh interpreter: digests of every tensor the runner would train on.
 DIGESTS = r'''
 import hashlib, json, sys
-from benchmark.registry import METHODS
-from benchmark.runner import build_dataset
-from benchmark.spec import make_spec
+from invbench.registry import METHODS
+from invbench.runner import build_dataset
+from invbench.spec import make_spec
 
 def digest(spec):
     h = hashlib.sha256()
@@ -59,7 +59,7 @@ def test_another_data_seed_gives_other_data(tmp_path):
     write_dataset(tmp_path, 600, 100)
     namespace: dict = {}
     exec(DIGESTS, namespace)
-    from benchmark.spec import make_spec
+    from invbench.spec import make_spec
 
     for dataset, options in CASES:
         a, b = (namespace["digest"](make_spec(dataset, "erm", dataset_options=options, trial=t, data_dir=str(tmp_path)))

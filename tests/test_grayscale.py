@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from benchmark.errors import ConfigError
-from benchmark.models import build_model
+from invbench.errors import ConfigError
+from invbench.models import build_model
 
 SHAPE = (2, 14, 14)  # the IRM protocol's Colored MNIST input
 

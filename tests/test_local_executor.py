@@ -11,9 +11,9 @@ import time
 from conftest import ROOT, run_cli
 from slurm_cluster import steps_of, sweep_text
 
-from benchmark.runner import run
-from benchmark.sweep import launcher
-from benchmark.sweep.config import apply_overrides, expand, load_sweep
+from invbench.runner import run
+from invbench.sweep import launcher
+from invbench.sweep.config import apply_overrides, expand, load_sweep
 
 
 def write(tmp_path, name="sweep.toml", **kwargs):
@@ -62,7 +62,7 @@ def test_sigkill_of_the_launcher_then_relaunch_completes_every_record_exactly_on
     steps, every = 2000, 50
     path = write(tmp_path, trials=4, steps=steps, eval_every=every, n_per_env=20_000)
     dirs = run_dirs(path)
-    launcher = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "sweep", "launch", str(path)], cwd=ROOT,
+    launcher = subprocess.Popen([sys.executable, "-m", "invbench.cli", "sweep", "launch", str(path)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         def midway():
@@ -130,7 +130,7 @@ def _alive(pid: int) -> bool:
 def test_cancel_stops_the_local_launcher_and_its_runs_become_stale(tmp_path):
     path = write(tmp_path, trials=2, steps=4000, eval_every=50, n_per_env=20_000)  # still running when cancelled
     dirs = run_dirs(path)
-    launcher_proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "sweep", "launch", str(path)], cwd=ROOT,
+    launcher_proc = subprocess.Popen([sys.executable, "-m", "invbench.cli", "sweep", "launch", str(path)], cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -157,7 +157,7 @@ def test_ctrl_c_stops_an_inline_sweep_without_a_traceback_and_relaunch_resumes(t
     steps, every = 4000, 50
     path = write(tmp_path, trials=3, steps=steps, eval_every=every, executor="inline", n_per_env=20_000)
     dirs = run_dirs(path)
-    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "sweep", "launch", str(path)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "invbench.cli", "sweep", "launch", str(path)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60

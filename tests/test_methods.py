@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.errors import ConfigError
-from benchmark.hparams import TRAINING_HPARAMS
-from benchmark.registry import METHODS
-from benchmark.spec import make_spec
-from benchmark.tasks import Task
+from invbench.errors import ConfigError
+from invbench.hparams import TRAINING_HPARAMS
+from invbench.registry import METHODS
+from invbench.spec import make_spec
+from invbench.tasks import Task
 
 
 class Identity(nn.Module):
@@ -259,7 +259,7 @@ def test_irm_paper_preset_has_the_papers_tuned_values():
 
 
 def test_every_method_declares_searchable_valid_hyperparameters():
-    from benchmark.hparams import draw
+    from invbench.hparams import draw
 
     for name in ("erm", "irm", "vrex", "mmrex", "groupdro"):
         cls = METHODS.get(name)

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from benchmark.data import Dataset, DatasetFamily, Environment
-from benchmark.hparams import HParam
-from benchmark.registry import DATASETS
-from benchmark.runner import load_records, run
-from benchmark.spec import make_spec
-from benchmark.tasks import Task
+from invbench.data import Dataset, DatasetFamily, Environment
+from invbench.hparams import HParam
+from invbench.registry import DATASETS
+from invbench.runner import load_records, run
+from invbench.spec import make_spec
+from invbench.tasks import Task
 
 N_PER_ENV = 2000
 

@@ -5,13 +5,13 @@ import json
 import textwrap
 from pathlib import Path
 
-from benchmark.runner import METRICS
+from invbench.runner import METRICS
 
 PLUGIN = textwrap.dedent('''
     """A throwaway method for the test of docs/adding_a_method.md."""
-    from benchmark.hparams import HParam, LogUniform
-    from benchmark.method import Method, Objective
-    from benchmark.registry import METHODS
+    from invbench.hparams import HParam, LogUniform
+    from invbench.method import Method, Objective
+    from invbench.registry import METHODS
 
 
     @METHODS.register("throwaway_spread")

@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 
-from benchmark.spec import HParamWarning, make_spec
+from invbench.spec import HParamWarning, make_spec
 
 
 def draws(dataset, method, name, n=40):
@@ -18,7 +18,7 @@ def test_domainbed_protocol_never_draws_weight_decay_or_l2():
     assert len(set(lrs)) == len(lrs) and all(10 ** -4.5 <= lr <= 10 ** -2.5 for lr in lrs)
 
 
-@pytest.mark.filterwarnings("ignore::benchmark.spec.HParamWarning")
+@pytest.mark.filterwarnings("ignore::invbench.spec.HParamWarning")
 def test_irm_protocol_draws_from_the_irm_papers_ranges():
     # reference.md section 1: lr 10^U(-3.5,-2.5), anneal randint(50,250), penalty 10^U(2,6),
     # hidden int(2^U(6,9)), l2 10^U(-5,-2), no weight decay

@@ -3,12 +3,12 @@ import sys
 
 import pytest
 
-from benchmark.errors import ConfigError, UnknownNameError
-from benchmark.registry import DATASETS, METHODS, Registry, describe
+from invbench.errors import ConfigError, UnknownNameError
+from invbench.registry import DATASETS, METHODS, Registry, describe
 
 
 def test_lookup_by_name_returns_the_registered_class():
-    from methods.erm import ERM
+    from invbench.methods.erm import ERM
 
     assert METHODS.get("erm") is ERM
     assert "erm" in METHODS.names()
@@ -40,7 +40,7 @@ def test_no_globals_lookup_a_module_attribute_is_not_a_method():
 
 
 def test_registering_two_items_under_one_name_is_an_error():
-    registry = Registry("thing", "methods")
+    registry = Registry("thing", "invbench.methods")
 
     @registry.register("a")
     class A:
@@ -53,7 +53,7 @@ def test_registering_two_items_under_one_name_is_an_error():
 
 
 def test_names_must_be_lower_case_without_spaces():
-    registry = Registry("thing", "methods")
+    registry = Registry("thing", "invbench.methods")
     with pytest.raises(ConfigError):
         registry.register("Bad Name")
 
@@ -70,13 +70,13 @@ def test_describe_is_the_first_docstring_line():
 
 def test_plugins_from_the_environment_register_in_a_new_process(tmp_path):
     (tmp_path / "my_plugin.py").write_text(
-        "from benchmark.registry import METHODS\n"
-        "from methods.erm import ERM\n"
+        "from invbench.registry import METHODS\n"
+        "from invbench.methods.erm import ERM\n"
         "@METHODS.register('plugin_erm')\n"
         "class PluginERM(ERM):\n"
         "    '''A plugin.'''\n"
     )
-    code = "from benchmark.registry import METHODS; print(METHODS.get('plugin_erm').__name__)"
+    code = "from invbench.registry import METHODS; print(METHODS.get('plugin_erm').__name__)"
     env = {"PYTHONPATH": str(tmp_path), "INVBENCH_PLUGINS": "my_plugin"}
     import os
 

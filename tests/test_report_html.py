@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.results.report import demo_summary, write_report
+from invbench.results.report import demo_summary, write_report
 
 SWEEP = Path(__file__).parent / "fixtures" / "golden_sweep"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -9,9 +9,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from fake_runs import record, write_run  # noqa: E402
 
-from benchmark.results.aggregate import AVG, WORST, build_leaderboard, mean_se  # noqa: E402
-from benchmark.results.load import load_runs  # noqa: E402
-from benchmark.results.selection import LastCheckpoint, LeaveOneEnvironmentOut  # noqa: E402
+from invbench.results.aggregate import AVG, WORST, build_leaderboard, mean_se  # noqa: E402
+from invbench.results.load import load_runs  # noqa: E402
+from invbench.results.selection import LastCheckpoint, LeaveOneEnvironmentOut  # noqa: E402
 
 
 def test_mean_se_closed_form():

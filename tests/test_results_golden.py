@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.results.aggregate import collect
-from benchmark.results.render import render
+from invbench.results.aggregate import collect
+from invbench.results.render import render
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SWEEP, EXPECTED = FIXTURES / "golden_sweep", FIXTURES / "golden_expected"

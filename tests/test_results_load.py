@@ -8,9 +8,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from fake_runs import record, write_run  # noqa: E402
 
-from benchmark.results.aggregate import build_leaderboard  # noqa: E402
-from benchmark.results.load import CorruptRecordWarning, load_runs  # noqa: E402
-from benchmark.results.selection import LastCheckpoint  # noqa: E402
+from invbench.results.aggregate import build_leaderboard  # noqa: E402
+from invbench.results.load import CorruptRecordWarning, load_runs  # noqa: E402
+from invbench.results.selection import LastCheckpoint  # noqa: E402
 
 REC = [record(0, {"a": {"train": 0.5}, "b": {"train": 0.5}, "c": {"train": 0.5}}),
        record(10, {"a": {"train": 0.7}, "b": {"train": 0.8}, "c": {"train": 0.3}},

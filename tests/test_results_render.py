@@ -3,8 +3,8 @@
 import csv
 import io
 
-from benchmark.results.aggregate import Cell, Leaderboard, Table
-from benchmark.results.render import format_value, latex_escape, render, to_csv, to_latex, to_markdown
+from invbench.results.aggregate import Cell, Leaderboard, Table
+from invbench.results.render import format_value, latex_escape, render, to_csv, to_latex, to_markdown
 
 LONG = "needs runs that were not launched (test envs {a, c}) " + "x" * 300
 

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from benchmark.errors import ConfigError
-from benchmark.results.selection import (NO_VAL, NOT_LAUNCHED, Candidate, LastCheckpoint, LeaveOneEnvironmentOut,
+from invbench.errors import ConfigError
+from invbench.results.selection import (NO_VAL, NOT_LAUNCHED, Candidate, LastCheckpoint, LeaveOneEnvironmentOut,
                                          Missing, Selected, TestDomainOracle, TrainingDomainValidation, get_strategy)
 
 ENVS = ("a", "b", "c")

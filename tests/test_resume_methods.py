@@ -4,9 +4,9 @@ anneal schedule (with the optimizer reset) included. Also: the reset is observab
 import pytest
 import torch
 
-import benchmark.runner as runner
-from benchmark.runner import CHECKPOINT, DONE, run
-from benchmark.spec import make_spec
+import invbench.runner as runner
+from invbench.runner import CHECKPOINT, DONE, run
+from invbench.spec import make_spec
 
 INTERRUPT_AT = 20
 
@@ -54,7 +54,7 @@ def test_groupdro_resume_restores_the_weights(tmp_path, monkeypatch):
     saved = torch.load(full / CHECKPOINT, weights_only=False)["method"]["q"]
     assert not torch.allclose(saved, torch.full_like(saved, 0.5))  # the weights moved
     # The comparison has teeth: a resume that forgot the weights gives other numbers.
-    from methods.groupdro import GroupDRO
+    from invbench.methods.groupdro import GroupDRO
 
     monkeypatch.setattr(GroupDRO, "load_state_dict", lambda self, state: None)
     forgetful = interrupted_then_resumed(spec, tmp_path / "forgetful", monkeypatch)

@@ -4,12 +4,12 @@ import os
 import pytest
 import torch
 
-from benchmark import io as bio
-from benchmark.data import TRAIN
-from benchmark.errors import ConfigError
-from benchmark.runner import (CHECKPOINT, DONE, ERROR, METRICS, MinibatchSampler, RunFailedError,
+from invbench import io as bio
+from invbench.data import TRAIN
+from invbench.errors import ConfigError
+from invbench.runner import (CHECKPOINT, DONE, ERROR, METRICS, MinibatchSampler, RunFailedError,
                               build_dataset, load_records, run, run_status)
-from benchmark.spec import make_spec
+from invbench.spec import make_spec
 
 
 def small_spec(**kwargs):
@@ -59,7 +59,7 @@ def test_finished_run_is_not_rerun(tmp_path):
 def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     full = run(small_spec(steps=40, eval_every=10), tmp_path / "full")
     # Interrupt a second run right after the evaluation at step 20 has been checkpointed.
-    import benchmark.runner as runner
+    import invbench.runner as runner
 
     original = runner.atomic_write_bytes
 
@@ -83,7 +83,7 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path, monkeypat
 
 def test_ctrl_c_is_not_a_failure_and_the_run_resumes(tmp_path, monkeypatch):
     """Ctrl-C stops the run without error.json: it is stale (resumable), never "failed"."""
-    from methods.erm import ERM
+    from invbench.methods.erm import ERM
 
     original = ERM.objective
 
@@ -102,7 +102,7 @@ def test_ctrl_c_is_not_a_failure_and_the_run_resumes(tmp_path, monkeypatch):
 
 
 def test_failing_run_leaves_error_and_traceback_and_no_done(tmp_path, monkeypatch):
-    from methods.erm import ERM
+    from invbench.methods.erm import ERM
 
     def boom(self, model, batches, step):
         if step == 3:
@@ -152,14 +152,14 @@ def test_minibatches_cover_each_epoch_once_and_depend_only_on_the_step():
 
 
 def test_unknown_device_is_rejected():
-    from benchmark.runner import resolve_device
+    from invbench.runner import resolve_device
 
     with pytest.raises(ConfigError, match="allowed: auto, cpu"):
         resolve_device("tpu")
 
 
 def test_holdout_is_floored_as_domainbed():
-    from benchmark.data import VAL, holdout_split
+    from invbench.data import VAL, holdout_split
 
     x, y = torch.zeros(23, 1), torch.zeros(23)
     splits = holdout_split(x, y, 0.2, torch.Generator().manual_seed(0))

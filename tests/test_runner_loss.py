@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import benchmark.runner as runner
-from benchmark.data import TRAIN
-from benchmark.runner import build_dataset, run
-from benchmark.spec import make_spec
+import invbench.runner as runner
+from invbench.data import TRAIN
+from invbench.runner import build_dataset, run
+from invbench.spec import make_spec
 
 L2, WEIGHT, LR = 0.1, 50.0, 0.01
 

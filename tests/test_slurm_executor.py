@@ -11,9 +11,9 @@ import pytest
 from conftest import run_cli
 from slurm_cluster import steps_of, sweep_text
 
-from benchmark.sweep import launcher
-from benchmark.sweep.config import expand, load_sweep
-from benchmark.sweep.state import DONE_STATE, FAILED, QUEUED, RUNNING, run_states
+from invbench.sweep import launcher
+from invbench.sweep.config import expand, load_sweep
+from invbench.sweep.state import DONE_STATE, FAILED, QUEUED, RUNNING, run_states
 
 pytestmark = pytest.mark.slurm
 

@@ -10,9 +10,9 @@ import warnings
 import numpy as np
 import pytest
 
-from benchmark.errors import DataUnavailableError
-from datasets import _sources
-from datasets._sources import load_images, read_idx
+from invbench.errors import DataUnavailableError
+from invbench.datasets import _sources
+from invbench.datasets._sources import load_images, read_idx
 from idx_helpers import coded_images, write_dataset, write_idx
 
 # The real functions, before the autouse fixture replaces them.

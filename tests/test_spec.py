@@ -5,13 +5,13 @@ import sys
 
 import pytest
 
-from benchmark.errors import ConfigError, UnknownNameError
-from benchmark.spec import RunSpec, make_spec
+from invbench.errors import ConfigError, UnknownNameError
+from invbench.spec import RunSpec, make_spec
 
 
 def test_same_spec_gives_the_same_id_in_a_new_process():
     spec = make_spec("linear_sem", "erm", trial=3, hparams_seed=2)
-    code = ("from benchmark.spec import make_spec; "
+    code = ("from invbench.spec import make_spec; "
             "print(make_spec('linear_sem', 'erm', trial=3, hparams_seed=2).run_id)")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other.stdout.strip() == spec.run_id

@@ -3,8 +3,8 @@ submitted, and the demo's wiring through the launcher."""
 
 import argparse
 
-from benchmark.commands import demo
-from benchmark.sweep import launcher
+from invbench.commands import demo
+from invbench.sweep import launcher
 
 
 def write(tmp_path, text):

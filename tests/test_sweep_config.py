@@ -4,9 +4,9 @@ shipped example files."""
 
 import pytest
 
-from benchmark.errors import ConfigError, UnknownNameError
-from benchmark.registry import DATASETS, METHODS
-from benchmark.sweep.config import apply_overrides, expand, load_sweep, parse_sweep, preflight, shipped_sweeps
+from invbench.errors import ConfigError, UnknownNameError
+from invbench.registry import DATASETS, METHODS
+from invbench.sweep.config import apply_overrides, expand, load_sweep, parse_sweep, preflight, shipped_sweeps
 
 BASE = {"methods": ["erm"], "datasets": [{"name": "linear_sem", "options": {"n_per_env": 50}}],
         "hparams": {"batch_size": 0}}
@@ -118,7 +118,7 @@ def test_a_bad_device_is_refused_before_any_run_starts(tmp_path):
     assert apply_overrides(sweep(), device="cuda:1").device == "cuda:1"
     import torch
 
-    from benchmark.sweep import launcher
+    from invbench.sweep import launcher
 
     if not torch.cuda.is_available():
         config = apply_overrides(sweep(), device="cuda", executor="inline", out=str(tmp_path / "out"))

@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from benchmark.io import atomic_write_json
-from benchmark.runner import DONE, ERROR, STARTED, run_lock
-from benchmark.spec import make_spec
-from benchmark.sweep.executors.base import LauncherLock
-from benchmark.sweep.progress import Progress, eta_seconds, format_duration
-from benchmark.sweep.state import (DONE_STATE, FAILED, NOT_LAUNCHED, QUEUED, RUNNING, STALE, run_states,
+from invbench.io import atomic_write_json
+from invbench.runner import DONE, ERROR, STARTED, run_lock
+from invbench.spec import make_spec
+from invbench.sweep.executors.base import LauncherLock
+from invbench.sweep.progress import Progress, eta_seconds, format_duration
+from invbench.sweep.state import (DONE_STATE, FAILED, NOT_LAUNCHED, QUEUED, RUNNING, STALE, run_states,
                                    write_launch)
 
 
@@ -78,7 +78,7 @@ SACCT = """JobID|State|NodeList
 
 
 def test_slurm_job_states_come_from_sacct(tmp_path, monkeypatch):
-    from benchmark.sweep.executors.slurm import SlurmExecutor
+    from invbench.sweep.executors.slurm import SlurmExecutor
 
     fake = tmp_path / "bin" / "sacct"
     fake.parent.mkdir()

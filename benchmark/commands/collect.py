@@ -33,10 +33,10 @@ def register(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from benchmark.errors import ConfigError
-    from benchmark.results.aggregate import build_leaderboard
-    from benchmark.results.load import CorruptRecordWarning, load_runs
-    from benchmark.results.selection import get_strategy
+    from invbench.errors import ConfigError
+    from invbench.results.aggregate import build_leaderboard
+    from invbench.results.load import CorruptRecordWarning, load_runs
+    from invbench.results.selection import get_strategy
 
     root = Path(args.dir)
     if not root.is_dir():
@@ -51,15 +51,15 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"no run directories under {root} (a run directory holds spec.json; "
                           f"`invbench sweep launch` or `invbench run` writes them)")
     board = build_leaderboard(results, get_strategy(args.selection))
-    from benchmark.results.render import render
+    from invbench.results.render import render
 
     sys.stdout.write(render(board, args.format))
     if args.plots or args.html:
-        from benchmark.results.plots import write_plots
+        from invbench.results.plots import write_plots
 
         plots = write_plots(board, results.records, args.plots or Path(args.html).parent / "plots")
         if args.html:
-            from benchmark.results.report import report_html
+            from invbench.results.report import report_html
 
             Path(args.html).parent.mkdir(parents=True, exist_ok=True)
             Path(args.html).write_text(report_html(board, plots))
@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
         if args.plots:
             print(f"wrote {len(plots)} plot(s) to {args.plots}", file=sys.stderr)
     if args.save_baseline:
-        from benchmark.results.compare import BASELINE_COLUMNS, save_baseline
+        from invbench.results.compare import BASELINE_COLUMNS, save_baseline
 
         frame = board.per_trial.copy()
         frame.insert(2, "selection", board.selection)

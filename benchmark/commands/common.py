@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from benchmark.errors import ConfigError
+from invbench.errors import ConfigError
 
 
 def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(args: argparse.Namespace):
-    from benchmark.spec import make_spec
+    from invbench.spec import make_spec
 
     return make_spec(
         args.dataset, args.method,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmark.commands.collect import SELECTIONS
+from invbench.commands.collect import SELECTIONS
 
 
 def register(sub) -> None:
@@ -27,8 +27,8 @@ def register(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from benchmark.errors import ConfigError
-    from benchmark.results.compare import compare_frames, comparison_markdown, per_trial_values
+    from invbench.errors import ConfigError
+    from invbench.results.compare import compare_frames, comparison_markdown, per_trial_values
 
     if args.threshold < 0 or not 0 < args.alpha < 1:
         raise ConfigError(f"--threshold must be >= 0 and --alpha in (0, 1); got {args.threshold}, {args.alpha}")

@@ -19,15 +19,15 @@ def register(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from benchmark.sweep import launcher
-    from benchmark.sweep.config import apply_overrides, load_sweep, shipped_sweeps
+    from invbench.sweep import launcher
+    from invbench.sweep.config import apply_overrides, load_sweep, shipped_sweeps
 
     config = apply_overrides(load_sweep(shipped_sweeps()["demo"]), out=args.out, executor="local",
                              workers=args.workers)
     code = launcher.launch(config)
     # The leaderboard at the last checkpoint (the IRM paper's SEM protocol reports the
     # final model), with the HTML report and plots beside the runs.
-    from benchmark.results.report import demo_summary
+    from invbench.results.report import demo_summary
 
     print(demo_summary(Path(config.out), Path(config.out) / "report", selection="last"))
     return code

@@ -21,8 +21,8 @@ def _table(space, indent: str = "    ") -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from benchmark.hparams import TRAINING_HPARAMS
-    from benchmark.registry import DATASETS, METHODS, describe
+    from invbench.hparams import TRAINING_HPARAMS
+    from invbench.registry import DATASETS, METHODS, describe
 
     out: list[str] = []
     if args.what in (None, "methods"):

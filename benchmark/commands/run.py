@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmark.commands.common import add_spec_arguments, spec_from_args
+from invbench.commands.common import add_spec_arguments, spec_from_args
 
 
 def register(sub) -> None:
@@ -17,7 +17,7 @@ def register(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from benchmark.runner import run
+    from invbench.runner import run
 
     spec = spec_from_args(args)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))

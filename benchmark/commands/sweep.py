@@ -37,7 +37,7 @@ def register(sub) -> None:
 
 
 def _slurm_settings(items: list[str] | None) -> dict | None:
-    from benchmark.commands.common import parse_assignments
+    from invbench.commands.common import parse_assignments
 
     values = parse_assignments(items, "--slurm")
     out = {}
@@ -53,7 +53,7 @@ def _slurm_settings(items: list[str] | None) -> dict | None:
 
 
 def load(args: argparse.Namespace):
-    from benchmark.sweep.config import apply_overrides, load_sweep
+    from invbench.sweep.config import apply_overrides, load_sweep
 
     config = load_sweep(args.file)
     return apply_overrides(
@@ -67,7 +67,7 @@ def load(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from benchmark.sweep import launcher
+    from invbench.sweep import launcher
 
     config = load(args)
     if args.action in ("launch", "retry"):

@@ -22,8 +22,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmark.results.load import Results
-from benchmark.results.selection import TRAIN_ENVS, Missing, SelectionStrategy, candidates_from
+from invbench.results.load import Results
+from invbench.results.selection import TRAIN_ENVS, Missing, SelectionStrategy, candidates_from
 
 AVG, WORST = "avg", "worst"
 
@@ -186,8 +186,8 @@ def _cell(values: list[float], reasons: list[str], metric: str, unfinished: int)
 
 def collect(root, selection: str = "training_domain", include_unfinished: bool = False) -> Leaderboard:
     """Load ``root`` and build its leaderboard with the named selection strategy."""
-    from benchmark.results.load import load_runs
-    from benchmark.results.selection import get_strategy
+    from invbench.results.load import load_runs
+    from invbench.results.selection import get_strategy
 
     strategy = get_strategy(selection)
     return build_leaderboard(load_runs(root, include_unfinished=include_unfinished), strategy)

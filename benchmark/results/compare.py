@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.results.selection import TRAIN_ENVS
+from invbench.results.selection import TRAIN_ENVS
 
 BASELINE_COLUMNS = ["dataset", "source", "selection", "method", "column", "metric", "trial", "value", "run", "step"]
 KEY = ["dataset", "source", "method", "column", "metric"]
@@ -41,11 +41,11 @@ def per_trial_values(source: Path | str, selection: str, include_unfinished: boo
     """A folder of run directories (collected now) or a baseline CSV -> per-trial DataFrame."""
     import pandas as pd
 
-    from benchmark.errors import ConfigError
+    from invbench.errors import ConfigError
 
     path = Path(source)
     if path.is_dir():
-        from benchmark.results.aggregate import collect
+        from invbench.results.aggregate import collect
 
         frame = collect(path, selection, include_unfinished).per_trial.copy()
         frame.insert(2, "selection", selection)

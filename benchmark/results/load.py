@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.io import iter_jsonl, read_json
+from invbench.io import iter_jsonl, read_json
 
-from benchmark.rundir import DATASET, METRICS, SPEC, run_status
+from invbench.rundir import DATASET, METRICS, SPEC, run_status
 
 # Columns describing a run, repeated on each of its rows.
 RUN_COLUMNS = ["run", "run_id", "dataset", "options", "source", "method", "config", "hparams_seed", "trial",

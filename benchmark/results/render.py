@@ -13,7 +13,7 @@ import html
 import io
 import re
 
-from benchmark.results.aggregate import Cell, Leaderboard, Table
+from invbench.results.aggregate import Cell, Leaderboard, Table
 
 FORMATS = ("md", "latex", "csv", "html")
 
@@ -160,7 +160,7 @@ def to_html(board: Leaderboard) -> str:
 
 
 def render(board: Leaderboard, fmt: str) -> str:
-    from benchmark.errors import ConfigError
+    from invbench.errors import ConfigError
 
     renderers = {"md": to_markdown, "latex": to_latex, "csv": to_csv, "html": to_html}
     if fmt not in renderers:

@@ -32,7 +32,7 @@ def _img(path: Path) -> str:
 
 
 def report_html(board, plot_paths: list[Path], title: str = "invbench results") -> str:
-    from benchmark.results.render import table_html
+    from invbench.results.render import table_html
 
     esc = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -54,7 +54,7 @@ def report_html(board, plot_paths: list[Path], title: str = "invbench results") 
 
 
 def _stem(table, board) -> str:
-    from benchmark.results.plots import _slug
+    from invbench.results.plots import _slug
 
     return _slug(f"{table.dataset}-{table.source}-{board.selection}") + "-"
 
@@ -62,10 +62,10 @@ def _stem(table, board) -> str:
 def write_report(root: Path | str, out_file: Path | str, selection: str = "training_domain",
                  plots_dir: Path | str | None = None, include_unfinished: bool = False):
     """Collect ``root``, write the plots (to ``plots_dir`` or beside the report) and the HTML report."""
-    from benchmark.results.aggregate import build_leaderboard
-    from benchmark.results.load import load_runs
-    from benchmark.results.plots import write_plots
-    from benchmark.results.selection import get_strategy
+    from invbench.results.aggregate import build_leaderboard
+    from invbench.results.load import load_runs
+    from invbench.results.plots import write_plots
+    from invbench.results.selection import get_strategy
 
     results = load_runs(root, include_unfinished=include_unfinished)
     board = build_leaderboard(results, get_strategy(selection))
@@ -82,7 +82,7 @@ def demo_summary(root: Path, report_dir: Path, selection: str = "last") -> str:
     The demo runs one configuration per method without a val split, so its numbers are
     the last checkpoint's (the IRM protocol's).
     """
-    from benchmark.results.render import to_markdown
+    from invbench.results.render import to_markdown
 
     report_dir = Path(report_dir)
     board, _ = write_report(root, report_dir / "report.html", selection=selection, plots_dir=report_dir / "plots")

@@ -248,7 +248,7 @@ STRATEGIES: dict[str, type[SelectionStrategy]] = {
 
 
 def get_strategy(name: str) -> SelectionStrategy:
-    from benchmark.errors import ConfigError
+    from invbench.errors import ConfigError
 
     if name not in STRATEGIES:
         raise ConfigError(f"unknown selection {name!r}; allowed: {', '.join(STRATEGIES)}")

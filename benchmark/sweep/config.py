@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from benchmark.errors import ConfigError
+from invbench.errors import ConfigError
 
 try:
     import tomllib
@@ -400,8 +400,8 @@ def expand(config: SweepConfig) -> list:
     """The sweep's run specs, in a fixed order: dataset, test environments, method, draw,
     trial. Duplicates (the same run id) are kept once. Raises ConfigError or
     UnknownNameError for a bad dataset, method, option, preset or hyperparameter."""
-    from benchmark.registry import DATASETS
-    from benchmark.spec import make_spec
+    from invbench.registry import DATASETS
+    from invbench.spec import make_spec
 
     specs, seen = [], set()
     for entry in config.datasets:
@@ -434,7 +434,7 @@ def _relevant(overrides: dict[str, Any], method: str, dataset: str, config: Swee
               entry: DatasetEntry) -> dict[str, Any]:
     """Sweep-wide [hparams] may name a method's own hyperparameter (penalty_weight): the
     methods without it ignore it, but a name that no method of the sweep knows is an error."""
-    from benchmark.spec import hparam_space
+    from invbench.spec import hparam_space
 
     space = hparam_space(method, dataset)
     known_anywhere = set()
@@ -442,12 +442,12 @@ def _relevant(overrides: dict[str, Any], method: str, dataset: str, config: Swee
         known_anywhere |= set(hparam_space(other, dataset))
     unknown = sorted(set(overrides) - known_anywhere)
     if unknown:
-        from benchmark.hparams import validate_overrides
+        from invbench.hparams import validate_overrides
 
         validate_overrides(space, {k: overrides[k] for k in unknown}, f"the sweep's methods on {dataset!r}")
     scoped = dict(config.method_hparams.get(method, {}))
     # a method's own table must only name its hyperparameters
-    from benchmark.hparams import validate_overrides
+    from invbench.hparams import validate_overrides
 
     validate_overrides(space, scoped, f"method {method!r} ([method_hparams.{method}])")
     return {k: v for k, v in overrides.items() if k in space}
@@ -465,8 +465,8 @@ def preflight(specs: list) -> None:
     """Check what only the data can tell before anything is submitted: every training
     environment holds at least a batch. Each distinct dataset is built once (data seed 0;
     environment sizes do not depend on the seed)."""
-    from benchmark.registry import DATASETS
-    from benchmark.runner import check_batch_sizes
+    from invbench.registry import DATASETS
+    from invbench.runner import check_batch_sizes
 
     built: dict[str, Any] = {}
     for spec in specs:

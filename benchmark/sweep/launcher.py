@@ -13,10 +13,10 @@ import sys
 from collections import Counter
 from typing import Any, TextIO
 
-from benchmark.sweep.config import SweepConfig, check_local_device, expand, preflight
-from benchmark.sweep.executors import executor_class
-from benchmark.sweep.progress import eta_seconds, format_duration
-from benchmark.sweep.state import (DONE_STATE, FAILED, NOT_LAUNCHED, QUEUED, RUNNING, STALE, STATES, RunState,
+from invbench.sweep.config import SweepConfig, check_local_device, expand, preflight
+from invbench.sweep.executors import executor_class
+from invbench.sweep.progress import eta_seconds, format_duration
+from invbench.sweep.state import (DONE_STATE, FAILED, NOT_LAUNCHED, QUEUED, RUNNING, STALE, STATES, RunState,
                                    run_states)
 
 LAUNCHABLE = {"launch": (NOT_LAUNCHED, STALE), "retry": (FAILED, STALE)}
@@ -117,7 +117,7 @@ def cancel(config: SweepConfig) -> list[str]:
     """Stop the sweep's queued and running runs (they become stale; `launch` resumes them)."""
     specs = expand(config)
     states = run_states(specs, config.out_root)
-    from benchmark.sweep.state import read_launch
+    from invbench.sweep.state import read_launch
 
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for s in states:

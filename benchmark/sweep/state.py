@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from benchmark.io import atomic_write_json, read_json
-from benchmark.rundir import DONE, ERROR, STARTED, is_locked
+from invbench.io import atomic_write_json, read_json
+from invbench.rundir import DONE, ERROR, STARTED, is_locked
 
 LAUNCH = "launch.json"
 NOT_LAUNCHED, QUEUED, RUNNING, DONE_STATE, FAILED, STALE = (
@@ -81,7 +81,7 @@ def error_summary(error: dict) -> tuple[str, str]:
 
 def run_states(specs: Iterable[Any], out_root: Path) -> list[RunState]:
     """The state of every spec's run under out_root, asking each executor once for all its jobs."""
-    from benchmark.sweep.executors import executor_class
+    from invbench.sweep.executors import executor_class
 
     specs = list(specs)
     dirs = [Path(out_root) / spec.dirname for spec in specs]

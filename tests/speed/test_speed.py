@@ -33,9 +33,9 @@ def _one_thread():
 
 @functools.lru_cache(maxsize=None)
 def _dataset(name: str):
-    from benchmark.errors import DataUnavailableError
-    from benchmark.runner import build_dataset
-    from benchmark.spec import make_spec
+    from invbench.errors import DataUnavailableError
+    from invbench.runner import build_dataset
+    from invbench.spec import make_spec
 
     try:
         return build_dataset(make_spec(name, "erm", device="cpu"))
@@ -47,11 +47,11 @@ def _one_step(dataset_name: str, method_name: str):
     """The runner's step (objective, l2, penalty, divide, backward, Adam) on a built spec."""
     import torch
 
-    from benchmark.data import TRAIN
-    from benchmark.models import build_model
-    from benchmark.registry import METHODS as REGISTRY
-    from benchmark.runner import MinibatchSampler, make_optimizer
-    from benchmark.spec import make_spec
+    from invbench.data import TRAIN
+    from invbench.models import build_model
+    from invbench.registry import METHODS as REGISTRY
+    from invbench.runner import MinibatchSampler, make_optimizer
+    from invbench.spec import make_spec
 
     spec = make_spec(dataset_name, method_name, device="cpu")
     dataset = _dataset(dataset_name)
@@ -84,7 +84,7 @@ def _one_step(dataset_name: str, method_name: str):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_training_step(benchmark, dataset, method):
-    from benchmark.registry import DATASETS as DATA, METHODS as REGISTRY
+    from invbench.registry import DATASETS as DATA, METHODS as REGISTRY
 
     if method not in REGISTRY or dataset not in DATA:
         pytest.skip(f"{method} or {dataset} is not registered")
@@ -103,8 +103,8 @@ def test_launcher_per_run_overhead(benchmark, tmp_path):
     Compare with test_runner_one_step_run: the difference is the launcher's own cost
     (expansion, preflight, state scans, locks) per run.
     """
-    from benchmark.sweep.config import DatasetEntry, ExecutorSettings, SweepConfig
-    from benchmark.sweep.launcher import launch
+    from invbench.sweep.config import DatasetEntry, ExecutorSettings, SweepConfig
+    from invbench.sweep.launcher import launch
 
     rounds = iter(range(1_000_000))
 
@@ -122,8 +122,8 @@ def test_launcher_per_run_overhead(benchmark, tmp_path):
 
 def test_runner_one_step_run(benchmark, tmp_path):
     """The runner alone on one 1-step run: the baseline of the launcher's overhead."""
-    from benchmark.runner import run
-    from benchmark.spec import make_spec
+    from invbench.runner import run
+    from invbench.spec import make_spec
 
     rounds = iter(range(1_000_000))
     spec = make_spec("linear_sem", "erm", dataset_options={"n_per_env": 100}, steps=1, eval_every=1, device="cpu")

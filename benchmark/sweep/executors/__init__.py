@@ -15,4 +15,4 @@ _MODULES = {"inline": ("inline", "InlineExecutor"), "local": ("local", "LocalExe
 def executor_class(kind: str):
     """The executor class of ``kind``; KeyError when there is none."""
     module, name = _MODULES[kind]
-    return getattr(importlib.import_module(f"benchmark.sweep.executors.{module}"), name)
+    return getattr(importlib.import_module(f"invbench.sweep.executors.{module}"), name)

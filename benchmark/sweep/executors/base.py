@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmark.rundir import lock_held
-from benchmark.sweep.state import JobState
+from invbench.rundir import lock_held
+from invbench.sweep.state import JobState
 
 LAUNCHERS = Path(".invbench") / "launchers"
 

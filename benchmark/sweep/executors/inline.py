@@ -7,9 +7,9 @@ import sys
 import time
 from typing import Any, Sequence
 
-from benchmark.sweep.executors.base import InProcessExecutor, LauncherLock
-from benchmark.sweep.progress import Progress
-from benchmark.sweep.state import write_launch
+from invbench.sweep.executors.base import InProcessExecutor, LauncherLock
+from invbench.sweep.progress import Progress
+from invbench.sweep.state import write_launch
 
 
 class InlineExecutor(InProcessExecutor):
@@ -18,7 +18,7 @@ class InlineExecutor(InProcessExecutor):
     def submit(self, specs: Sequence[Any]) -> list[str]:
         import torch
 
-        from benchmark.runner import RunBusyError, RunFailedError, run
+        from invbench.runner import RunBusyError, RunFailedError, run
 
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)

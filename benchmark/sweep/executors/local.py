@@ -19,9 +19,9 @@ import sys
 import time
 from typing import Any, Sequence
 
-from benchmark.sweep.executors.base import InProcessExecutor, LauncherLock
-from benchmark.sweep.progress import Progress
-from benchmark.sweep.state import write_launch
+from invbench.sweep.executors.base import InProcessExecutor, LauncherLock
+from invbench.sweep.progress import Progress
+from invbench.sweep.state import write_launch
 
 PR_SET_PDEATHSIG = 1
 
@@ -48,7 +48,7 @@ def _worker(tasks: Any, results: Any, out_root: str, threads: int, job_id: str, 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides what Ctrl-C does
     import torch
 
-    from benchmark.runner import RunBusyError, RunFailedError, run
+    from invbench.runner import RunBusyError, RunFailedError, run
 
     torch.set_num_threads(threads)
     while True:

@@ -15,9 +15,9 @@ import subprocess
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmark.errors import ConfigError
-from benchmark.sweep.executors.base import Executor
-from benchmark.sweep.state import JobState, write_launch
+from invbench.errors import ConfigError
+from invbench.sweep.executors.base import Executor
+from invbench.sweep.state import JobState, write_launch
 
 SUBMITIT_FOLDER = ".submitit"
 PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED",
@@ -28,7 +28,7 @@ CANCELLED = {"CANCELLED", "PREEMPTED", "COMPLETED"}
 
 
 class RunTask:
-    """The callable of one array task: its specs, run in order with benchmark.runner.run."""
+    """The callable of one array task: its specs, run in order with invbench.runner.run."""
 
     def __init__(self, specs: Sequence[Any], out_root: str, threads: int):
         self.specs = [spec.to_dict() for spec in specs]  # plain data: pickles across versions
@@ -38,8 +38,8 @@ class RunTask:
     def __call__(self) -> list[str]:
         import torch
 
-        from benchmark.runner import RunBusyError, RunFailedError, run
-        from benchmark.spec import RunSpec
+        from invbench.runner import RunBusyError, RunFailedError, run
+        from invbench.spec import RunSpec
 
         torch.set_num_threads(self.threads)
         failures, finished = [], []
