@@ -1,8 +1,9 @@
 """Name -> item registries for methods and datasets.
 
 Items register themselves in the module that defines them (``@METHODS.register("erm")``).
-The registry imports every module of its home package the first time it is asked for a
-name, so adding a method or dataset is one new file and nothing else. Extra modules (for
+The registry imports every module of its home package (or its home module, for models)
+the first time it is asked for a name, so adding a method or dataset is one new file and
+nothing else. Extra modules (for
 plugins and tests) are imported from the comma-separated ``INVBENCH_PLUGINS`` variable,
 which worker processes inherit.
 """
@@ -24,7 +25,7 @@ PLUGINS_ENV = "INVBENCH_PLUGINS"
 
 class Registry(Generic[T]):
     def __init__(self, kind: str, package: str):
-        self.kind = kind  # "method" or "dataset", for messages
+        self.kind = kind  # "method", "dataset", ..., for messages
         self.package = package
         self._items: dict[str, T] = {}
         self._discovered = False
@@ -54,7 +55,7 @@ class Registry(Generic[T]):
             return
         self._discovered = True
         package = importlib.import_module(self.package)
-        for info in pkgutil.iter_modules(package.__path__):
+        for info in pkgutil.iter_modules(getattr(package, "__path__", [])):  # a plain module has none
             if not info.name.startswith("_"):
                 importlib.import_module(f"{self.package}.{info.name}")
         for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
@@ -81,6 +82,9 @@ class Registry(Generic[T]):
         for name in self.names():
             yield name, self._items[name]
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
     def __contains__(self, name: str) -> bool:
         self.discover()
         return name in self._items
@@ -102,3 +106,5 @@ def describe(item: object) -> str:
 
 METHODS: Registry = Registry("method", "invbench.methods")
 DATASETS: Registry = Registry("dataset", "invbench.datasets")
+# Builders (input_shape, n_outputs, hparams) -> nn.Module with what they accept: invbench.models.
+MODELS: Registry = Registry("model", "invbench.models")
