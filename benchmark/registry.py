@@ -24,9 +24,10 @@ PLUGINS_ENV = "INVBENCH_PLUGINS"
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, package: str):
+    def __init__(self, kind: str, package: str, also: tuple[str, ...] = ()):
         self.kind = kind  # "method", "dataset", ..., for messages
         self.package = package
+        self.also = also  # further packages whose modules may register items too
         self._items: dict[str, T] = {}
         self._discovered = False
 
@@ -54,10 +55,11 @@ class Registry(Generic[T]):
         if self._discovered:
             return
         self._discovered = True
-        package = importlib.import_module(self.package)
-        for info in pkgutil.iter_modules(getattr(package, "__path__", [])):  # a plain module has none
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{self.package}.{info.name}")
+        for name in (self.package, *self.also):
+            package = importlib.import_module(name)
+            for info in pkgutil.iter_modules(getattr(package, "__path__", [])):  # a plain module has none
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{name}.{info.name}")
         for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
             importlib.import_module(module)
 
@@ -107,4 +109,5 @@ def describe(item: object) -> str:
 METHODS: Registry = Registry("method", "invbench.methods")
 DATASETS: Registry = Registry("dataset", "invbench.datasets")
 # Builders (input_shape, n_outputs, hparams) -> nn.Module with what they accept: invbench.models.
-MODELS: Registry = Registry("model", "invbench.models")
+# A dataset module may register a model of its own (an oracle that only it can use).
+MODELS: Registry = Registry("model", "invbench.models", also=("invbench.datasets",))

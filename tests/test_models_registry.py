@@ -122,3 +122,23 @@ def test_a_registered_model_trains_in_a_run(throwaway_models, tmp_path):
     assert built == [(10,)]  # linear_sem's inputs: the 5 causes and the 5 effects
     assert json.loads((run_dir / "spec.json").read_text())["model"] == "tiny_linear"
     assert (run_dir / "done.json").exists()
+
+
+def test_models_registered_by_dataset_modules_are_found_by_name(tmp_path, monkeypatch):
+    # MODELS also imports the modules of invbench.datasets: a dataset's own model (an
+    # oracle) is found even when no dataset was looked up first. Shown with a registry of
+    # the same shape over two throwaway packages.
+    for package in ("home_pkg", "other_pkg"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "home_pkg" / "builtin.py").write_text(
+        "from test_models_registry_things import THINGS\nTHINGS.register('a')(lambda: 'a')\n")
+    (tmp_path / "other_pkg" / "family.py").write_text(
+        "from test_models_registry_things import THINGS\nTHINGS.register('b')(lambda: 'b')\n")
+    (tmp_path / "test_models_registry_things.py").write_text(
+        "from invbench.registry import Registry\nTHINGS = Registry('thing', 'home_pkg', also=('other_pkg',))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import test_models_registry_things as things
+
+    assert things.THINGS.get("b")() == "b" and things.THINGS.names() == ["a", "b"]
+    assert MODELS.also == ("invbench.datasets",)
