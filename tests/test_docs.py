@@ -27,9 +27,11 @@ DOCS = [ROOT / "docs" / "adding_a_method.md", ROOT / "docs" / "adding_a_dataset.
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 FILE_HEADER = re.compile(r"# (\S+\.py)\n")
 
-# Runs the script blocks, then the commands, in one process (one torch import for all).
+# Runs the script blocks, the commands, then the docs' test files, in one process (one torch
+# import for all).
 DRIVER = textwrap.dedent('''
     import json, sys
+    import pytest
     from invbench.cli import main
 
     plan = json.load(open(sys.argv[1]))
@@ -43,6 +45,7 @@ DRIVER = textwrap.dedent('''
             code = exc.code
         if code:
             sys.exit(f"exit {code}: invbench " + " ".join(argv))
+    sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", *plan["tests"]]))
 ''')
 
 
@@ -94,16 +97,12 @@ def test_every_code_block_of_the_docs_runs(tmp_path):
     }
 
     tests = sorted(str(code / name) for name in files if name.startswith("test_"))
-    pytest_run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
-                                cwd=code, env=env, capture_output=True, text=True, timeout=600)
-    assert pytest_run.returncode == 0, pytest_run.stdout[-4000:] + pytest_run.stderr[-2000:]
-    assert re.search(r"\b8 passed\b", pytest_run.stdout), pytest_run.stdout[-2000:]
-
-    (tmp_path / "plan.json").write_text(json.dumps({"scripts": scripts, "commands": commands}))
+    (tmp_path / "plan.json").write_text(json.dumps({"scripts": scripts, "commands": commands, "tests": tests}))
     (tmp_path / "driver.py").write_text(DRIVER)
     driven = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "plan.json")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert driven.returncode == 0, driven.stdout[-4000:] + driven.stderr[-4000:]
+                            cwd=code, env=env, capture_output=True, text=True, timeout=600)
+    assert driven.returncode == 0, driven.stdout[-6000:] + driven.stderr[-4000:]
+    assert re.search(r"\b8 passed\b", driven.stdout), driven.stdout[-2000:]
     out = driven.stdout
     for name in ("my_method:", "spread_rex:", "spurious_gaussians:", "ckmnist_irm:"):
         assert f"  {name}" in out, f"{name} not listed"
