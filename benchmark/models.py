@@ -1,13 +1,110 @@
-"""The models, in one place. A dataset names its default; a spec may choose another."""
+"""The models: a registry of builders, each saying which inputs and tasks it accepts.
+
+A model is a builder ``(input_shape, n_outputs, hparams) -> nn.Module`` registered with
+``@register_model(name, accepts=Accepts(...))``; ``Accepts`` says which input shapes
+(their rank: 1 for feature vectors, 3 for (channels, height, width) images) and which
+task kinds it can serve, so that ``check_model_fits`` can tell before a run starts whether
+a model fits a dataset, and name the models that do. A dataset names its default model; a
+spec may choose another. Plugins register models the same way (docs/adding_a_dataset.md).
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from invbench.errors import ConfigError, UnknownNameError
+from invbench.registry import MODELS
+from invbench.tasks import TASK_TYPES
+
+__all__ = ["MODELS", "Accepts", "register_model", "check_model_fits", "build_model", "MLP", "Linear", "SmallCNN"]
+
+ModelBuilder = Callable[[tuple, int, Mapping], nn.Module]
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """What a model can be built for.
+
+    ``min_rank`` / ``max_rank`` bound the number of input dimensions (None: no bound);
+    ``inputs`` names them for messages ("(channels, height, width)"); ``tasks`` are the task
+    kinds it serves (invbench.tasks.TASK_TYPES); ``check``, if given, returns a problem with
+    a shape the ranks cannot express (e.g. "needs 28x28 images"), or None.
+    """
+
+    min_rank: int = 1
+    max_rank: int | None = None
+    inputs: str = "any"
+    tasks: tuple[str, ...] = TASK_TYPES
+    check: Callable[[tuple[int, ...], int], str | None] | None = None
+
+    def problem(self, input_shape: tuple[int, ...], n_outputs: int, task: str | None = None) -> str | None:
+        """Why the model cannot take these data, or None when it can."""
+        rank = len(input_shape)
+        if rank < self.min_rank or (self.max_rank is not None and rank > self.max_rank):
+            return f"needs {self.inputs} inputs"
+        if n_outputs < 1:
+            return "needs at least one output"
+        if task is not None and task not in self.tasks:
+            return f"serves only {', '.join(self.tasks)} tasks"
+        return self.check(input_shape, n_outputs) if self.check is not None else None
+
+
+ANY_INPUT = Accepts()
+
+
+def register_model(name: str, accepts: Accepts = ANY_INPUT) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Register a builder under ``name``; its docstring's first line describes it."""
+
+    def decorator(build: ModelBuilder) -> ModelBuilder:
+        build.accepts = accepts  # type: ignore[attr-defined]
+        return MODELS.register(name)(build)
+
+    return decorator
+
+
+def accepts_of(name: str) -> Accepts:
+    return getattr(MODELS.get(name), "accepts", ANY_INPUT)
+
+
+def _shape_text(input_shape: Sequence[int], n_outputs: int) -> str:
+    shape = tuple(int(d) for d in input_shape)
+    return f"inputs of shape {shape} and {n_outputs} output{'' if n_outputs == 1 else 's'}"
+
+
+def models_that_fit(input_shape: Sequence[int], n_outputs: int, task: str | None = None) -> list[str]:
+    """Names of the registered models that can be built for these data, sorted."""
+    shape = tuple(input_shape)
+    return [name for name in MODELS.names() if accepts_of(name).problem(shape, n_outputs, task) is None]
+
+
+def check_model_fits(model_name: str, input_shape: Sequence[int], n_outputs: int, task: str | None = None) -> None:
+    """Raise ConfigError (one line, naming the models that fit) unless ``model_name`` can be
+    built for inputs of ``input_shape`` with ``n_outputs`` outputs (and ``task``, if given)."""
+    shape = tuple(input_shape)
+    try:
+        accepts = accepts_of(model_name)
+    except UnknownNameError as exc:
+        raise ConfigError(str(exc)) from None
+    problem = accepts.problem(shape, n_outputs, task)
+    if problem is None:
+        return
+    fitting = models_that_fit(shape, n_outputs, task)
+    those = f"models that fit: {', '.join(fitting)}" if fitting else "no registered model fits them"
+    raise ConfigError(f"model {model_name!r} {problem}; the data have {_shape_text(shape, n_outputs)}; {those}")
+
+
+def build_model(name: str, input_shape: Sequence[int], n_outputs: int, hparams: Mapping) -> nn.Module:
+    """The registered model ``name`` for these data (ConfigError when it does not fit them)."""
+    check_model_fits(name, input_shape, n_outputs)
+    return MODELS.get(name)(tuple(input_shape), n_outputs, hparams)
+
+
+# The networks ---------------------------------------------------------------------------
 
 def _xavier_zero_bias(module: nn.Module) -> None:
     for layer in module.modules():
@@ -70,25 +167,33 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-ModelBuilder = Callable[[tuple, int, Mapping], nn.Module]
+# The registered models ------------------------------------------------------------------
 
-MODELS: dict[str, ModelBuilder] = {
-    "mlp": lambda shape, out, hp: MLP(math.prod(shape), hp["hidden_dim"], out),
-    # sums the channels of a (C, H, W) input: the colour-blind oracle of the IRM paper
-    "mlp_grayscale": lambda shape, out, hp: MLP(math.prod(shape[1:]), hp["hidden_dim"], out, grayscale_channels=shape[0]),
-    "linear": lambda shape, out, hp: Linear(math.prod(shape), out, bias=True),
-    "linear_nobias": lambda shape, out, hp: Linear(math.prod(shape), out, bias=False),
-    "cnn": lambda shape, out, hp: SmallCNN(shape, out),
-}
+@register_model("mlp")
+def mlp(input_shape: tuple, n_outputs: int, hp: Mapping) -> nn.Module:
+    """The IRM paper's MLP on the flattened input (width: hidden_dim)."""
+    return MLP(math.prod(input_shape), hp["hidden_dim"], n_outputs)
 
 
-def build_model(name: str, input_shape: tuple[int, ...], n_outputs: int, hparams: Mapping) -> nn.Module:
-    from invbench.errors import ConfigError
+@register_model("mlp_grayscale", Accepts(min_rank=2, inputs="(channels, ...)"))
+def mlp_grayscale(input_shape: tuple, n_outputs: int, hp: Mapping) -> nn.Module:
+    """The IRM paper's colour-blind oracle: the MLP on the sum of the channels."""
+    return MLP(math.prod(input_shape[1:]), hp["hidden_dim"], n_outputs, grayscale_channels=input_shape[0])
 
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; allowed: {', '.join(sorted(MODELS))}")
-    if name == "mlp_grayscale" and len(input_shape) < 2:
-        raise ConfigError(f"model 'mlp_grayscale' needs (channels, ...) inputs; got shape {input_shape}")
-    if name == "cnn" and len(input_shape) != 3:
-        raise ConfigError(f"model 'cnn' needs (channels, height, width) inputs; got shape {input_shape}")
-    return MODELS[name](tuple(input_shape), n_outputs, hparams)
+
+@register_model("linear")
+def linear(input_shape: tuple, n_outputs: int, hp: Mapping) -> nn.Module:
+    """A linear model with intercept on the flattened input."""
+    return Linear(math.prod(input_shape), n_outputs, bias=True)
+
+
+@register_model("linear_nobias")
+def linear_nobias(input_shape: tuple, n_outputs: int, hp: Mapping) -> nn.Module:
+    """A linear model without intercept (least squares through the origin)."""
+    return Linear(math.prod(input_shape), n_outputs, bias=False)
+
+
+@register_model("cnn", Accepts(min_rank=3, max_rank=3, inputs="(channels, height, width)"))
+def cnn(input_shape: tuple, n_outputs: int, hp: Mapping) -> nn.Module:
+    """DomainBed's MNIST_CNN for (channels, height, width) images."""
+    return SmallCNN(input_shape, n_outputs)

@@ -1,8 +1,9 @@
 """Name -> item registries for methods and datasets.
 
 Items register themselves in the module that defines them (``@METHODS.register("erm")``).
-The registry imports every module of its home package the first time it is asked for a
-name, so adding a method or dataset is one new file and nothing else. Extra modules (for
+The registry imports every module of its home package (or its home module, for models)
+the first time it is asked for a name, so adding a method or dataset is one new file and
+nothing else. Extra modules (for
 plugins and tests) are imported from the comma-separated ``INVBENCH_PLUGINS`` variable,
 which worker processes inherit.
 """
@@ -23,9 +24,10 @@ PLUGINS_ENV = "INVBENCH_PLUGINS"
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, package: str):
-        self.kind = kind  # "method" or "dataset", for messages
+    def __init__(self, kind: str, package: str, also: tuple[str, ...] = ()):
+        self.kind = kind  # "method", "dataset", ..., for messages
         self.package = package
+        self.also = also  # further packages whose modules may register items too
         self._items: dict[str, T] = {}
         self._discovered = False
 
@@ -53,10 +55,11 @@ class Registry(Generic[T]):
         if self._discovered:
             return
         self._discovered = True
-        package = importlib.import_module(self.package)
-        for info in pkgutil.iter_modules(package.__path__):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{self.package}.{info.name}")
+        for name in (self.package, *self.also):
+            package = importlib.import_module(name)
+            for info in pkgutil.iter_modules(getattr(package, "__path__", [])):  # a plain module has none
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{name}.{info.name}")
         for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
             importlib.import_module(module)
 
@@ -81,6 +84,9 @@ class Registry(Generic[T]):
         for name in self.names():
             yield name, self._items[name]
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
     def __contains__(self, name: str) -> bool:
         self.discover()
         return name in self._items
@@ -102,3 +108,6 @@ def describe(item: object) -> str:
 
 METHODS: Registry = Registry("method", "invbench.methods")
 DATASETS: Registry = Registry("dataset", "invbench.datasets")
+# Builders (input_shape, n_outputs, hparams) -> nn.Module with what they accept: invbench.models.
+# A dataset module may register a model of its own (an oracle that only it can use).
+MODELS: Registry = Registry("model", "invbench.models", also=("invbench.datasets",))

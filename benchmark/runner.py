@@ -38,7 +38,8 @@ from invbench.method import Method
 from invbench.models import build_model
 from invbench.registry import DATASETS, METHODS
 from invbench.rundir import CHECKPOINT, DATASET, DONE, ERROR, METRICS, SPEC, STARTED, TIMING, run_lock
-# re-exported: readers of run directories and the executors import these from the runner
+# re-exported for callers of the runner (the executors catch RunBusyError from here, tests use
+# run_status); readers of run directories import them from invbench.rundir itself
 from invbench.rundir import LOCK, RunBusyError, is_locked, run_status  # noqa: F401
 from invbench.spec import RunSpec
 

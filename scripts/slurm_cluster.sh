@@ -9,7 +9,7 @@
 #                                          order), then remove DIR
 #
 # Needs: apt-get install slurm-wlm munge slurmdbd mariadb-server (what .ci/run installs).
-# The configuration follows the verified notes in ../shared/slurm.md: cons_tres without
+# What it configures and why: docs/slurm_test_cluster.md. In short: cons_tres without
 # cgroups, accounting through slurmdbd (submitit reads job states with sacct), and
 # AuthInfo=cred_expire=10 so that a requeued job restarts after ~11 s instead of 121 s.
 # Ports are chosen free at start, so a stray daemon elsewhere does not break it.

@@ -1,4 +1,4 @@
-"""Colored (Fashion-)MNIST against the IRM and DomainBed protocols (reference.md sections 1, 4).
+"""Colored (Fashion-)MNIST against the IRM and DomainBed protocols (docs/protocols.md sections 1, 4).
 
 Statistics are checked within binomial tolerances: |p_hat - p| < 4 sqrt(p (1 - p) / n),
 which a correct construction fails with probability below 1e-4 per check.

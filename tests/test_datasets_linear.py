@@ -1,4 +1,4 @@
-"""The linear SEM (reference.md section 5) and the linear unit tests (section 6) against closed forms."""
+"""The linear SEM (docs/protocols.md section 5) and the linear unit tests (section 6) against closed forms."""
 
 from __future__ import annotations
 

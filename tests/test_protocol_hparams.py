@@ -20,7 +20,7 @@ def test_domainbed_protocol_never_draws_weight_decay_or_l2():
 
 @pytest.mark.filterwarnings("ignore::invbench.spec.HParamWarning")
 def test_irm_protocol_draws_from_the_irm_papers_ranges():
-    # reference.md section 1: lr 10^U(-3.5,-2.5), anneal randint(50,250), penalty 10^U(2,6),
+    # docs/protocols.md section 1: lr 10^U(-3.5,-2.5), anneal randint(50,250), penalty 10^U(2,6),
     # hidden int(2^U(6,9)), l2 10^U(-5,-2), no weight decay
     assert all(10 ** -3.5 <= v <= 10 ** -2.5 for v in draws("cmnist_irm", "irm", "lr"))
     assert all(50 <= v < 250 for v in draws("cmnist_irm", "irm", "anneal_iters"))

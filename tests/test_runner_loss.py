@@ -1,4 +1,4 @@
-"""The runner composes each step's loss as the IRM code does (reference.md section 1):
+"""The runner composes each step's loss as the IRM code does (docs/protocols.md section 1):
 
     (risk + l2 * sum of squared norms of ALL parameters + w * penalty) / (w if w > 1 and scale_loss)
 

@@ -21,7 +21,7 @@ def register(sub) -> None:
         if action in ("launch", "retry"):
             p.add_argument("--executor", choices=("inline", "local", "slurm"), help="overrides [executor] kind")
             p.add_argument("--workers", type=int, help="local: worker processes (0 = the number of cores)")
-            p.add_argument("--threads", type=int, help="torch threads per run (0 = cores // workers)")
+            p.add_argument("--threads", type=int, help="torch threads per run (0 = cores // workers locally, cpus_per_task on SLURM)")
             p.add_argument("--runs-per-task", type=int, help="slurm: runs sharing one array task")
             p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
                            help="a SLURM setting (repeatable): partition, account, qos, time_min, mem_gb, "
@@ -30,7 +30,7 @@ def register(sub) -> None:
             p.add_argument("--steps", type=int, help="training steps of every run")
             p.add_argument("--eval-every", type=int, help="evaluation interval of every run")
             p.add_argument("--trials", type=int, help="number of trials (data seeds)")
-            p.add_argument("--hparam-draws", type=int, help="number of hyperparameter draws (0 = defaults)")
+            p.add_argument("--hparam-draws", type=int, help="number of hyperparameter draws, >= 1 (draw 0 is the defaults)")
             p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
             p.add_argument("--data-dir", help="where image datasets look for data")
         p.set_defaults(func=main)

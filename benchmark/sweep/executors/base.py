@@ -17,7 +17,9 @@ LAUNCHERS = Path(".invbench") / "launchers"
 
 
 class Executor:
-    """Runs specs. ``submit`` writes each run's launch.json before the run can start."""
+    """Runs specs. ``submit`` writes each run's launch.json: the in-process executors before
+    the run starts, the SLURM executor right after submission (the job id exists only
+    then), so a SLURM job may start before its launch.json is written."""
 
     kind = ""
 
