@@ -52,7 +52,8 @@ def test_wheel_installs_beside_a_package_named_datasets(wheel, tmp_path):
                                capture_output=True, text=True, check=True).stdout.strip())
     # torch, pandas and the rest come from this environment's site-packages as a plain path
     # (not a site dir, so its editable finder for the source tree stays inactive)
-    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    deps = [p for p in sys.path if p.endswith("site-packages")] or [sysconfig.get_paths()["purelib"]]
+    (site / "dependencies.pth").write_text("\n".join(deps) + "\n")
     hf = site / "datasets"
     hf.mkdir()
     (hf / "__init__.py").write_text("WHO = 'huggingface'\n\ndef load_dataset(name):\n    return name\n")
