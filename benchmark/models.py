@@ -81,6 +81,13 @@ MODELS: dict[str, ModelBuilder] = {
     "cnn": lambda shape, out, hp: SmallCNN(shape, out),
 }
 
+# The architecture hyperparameters (invbench.hparams.ARCHITECTURE_HPARAMS) each model reads;
+# a model not named reads none. A run draws and records only its model's.
+MODEL_HPARAMS: dict[str, tuple[str, ...]] = {
+    "mlp": ("hidden_dim",),
+    "mlp_grayscale": ("hidden_dim",),
+}
+
 
 def build_model(name: str, input_shape: tuple[int, ...], n_outputs: int, hparams: Mapping) -> nn.Module:
     from invbench.errors import ConfigError

@@ -54,7 +54,8 @@ class Registry(Generic[T]):
             return
         self._discovered = True
         package = importlib.import_module(self.package)
-        for info in pkgutil.iter_modules(package.__path__):
+        # a plain module (the shipped protocols) registers its items by being imported
+        for info in pkgutil.iter_modules(getattr(package, "__path__", ())):
             if not info.name.startswith("_"):
                 importlib.import_module(f"{self.package}.{info.name}")
         for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
