@@ -22,7 +22,7 @@ IRM_TUNED_TRAINING = {"hidden_dim": 390, "l2": 0.00110794568, "lr": 0.0004898536
 IRM_TUNED_SCHEDULE = {"anneal_iters": 190, "penalty_weight": 91257.18613115903, "scale_loss": True,
                       "reset_optimizer": False}
 
-IRM_PAPER = register(Protocol(
+register(Protocol(
     name="irm-paper",
     description="Colored MNIST as in the IRM paper (Arjovsky et al. 2019): full batch, 500 steps, "
                 "the code's tuned values and search ranges",

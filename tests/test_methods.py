@@ -224,7 +224,7 @@ def test_groupdro_adjustment_needs_the_environment_sizes():
         make("groupdro", adjustment=1.0, env_sizes=None)
 
 
-# Hyperparameters: declared, validated, presets -------------------------------------------
+# Hyperparameters: declared, validated, protocols -----------------------------------------
 
 @pytest.mark.parametrize("method, name, value, message", [
     ("irm", "penalty_weight", -1.0, "out of range"),
