@@ -62,16 +62,24 @@ class DatasetFamily:
     name: ClassVar[str] = ""
     task: ClassVar[str] = "binary"
     options: ClassVar[dict[str, HParam]] = {}
-    # Changes to the training hyperparameters' defaults (batch size, width, ...).
-    hparam_defaults: ClassVar[dict[str, Any]] = {}
-    # The protocol's search: name -> distribution, or None to keep the default in every
-    # draw. Applies to training and method hyperparameters (names a method lacks are ignored).
-    hparam_search: ClassVar[dict[str, Any]] = {}
+    # The name of the protocol its runs follow unless they choose another (invbench.protocol):
+    # hyperparameter defaults and searches per method, steps, evaluation interval.
+    protocol: ClassVar[str | None] = None
+    # Used only when the protocol leaves them open (or there is none).
     default_steps: ClassVar[int] = 1000
     default_eval_every: ClassVar[int] = 100
     default_holdout_fraction: ClassVar[float] = 0.0
     default_test_envs: ClassVar[tuple[int, ...]] = ()
     model: ClassVar[str] = "mlp"  # the default model; a spec may choose another
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # the old per-dataset defaults applied by hyperparameter name to any method; refuse
+        # them rather than ignore them
+        stale = [name for name in ("hparam_defaults", "hparam_search") if getattr(cls, name, None)]
+        if stale:
+            raise ConfigError(f"dataset class {cls.__qualname__} sets {', '.join(stale)}: hyperparameter values "
+                              f"belong in a protocol (invbench.protocol.Protocol), named by protocol = '...'")
 
     @classmethod
     def model_for(cls, options: Mapping[str, Any]) -> str:

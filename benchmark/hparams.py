@@ -28,6 +28,9 @@ class Fixed:
     def sample(self, rng: np.random.RandomState) -> Any:
         return self.value
 
+    def contains(self, value: Any) -> bool:
+        return value == self.value
+
     def __str__(self) -> str:
         return f"fixed {self.value!r}"
 
@@ -45,6 +48,12 @@ class LogUniform:
         value = self.base ** rng.uniform(self.low_exp, self.high_exp)
         return int(value) if self.integer else float(value)
 
+    def contains(self, value: Any) -> bool:
+        low, high = self.base ** self.low_exp, self.base ** self.high_exp
+        if self.integer:  # int() truncates the draw
+            low = math.floor(low)
+        return _within(value, low, high)
+
     def __str__(self) -> str:
         kind = "int " if self.integer else ""
         return f"{kind}{self.base:g}^U({self.low_exp:g}, {self.high_exp:g})"
@@ -57,6 +66,9 @@ class Uniform:
 
     def sample(self, rng: np.random.RandomState) -> float:
         return float(rng.uniform(self.low, self.high))
+
+    def contains(self, value: Any) -> bool:
+        return _within(value, self.low, self.high)
 
     def __str__(self) -> str:
         return f"U({self.low:g}, {self.high:g})"
@@ -72,6 +84,9 @@ class RandInt:
     def sample(self, rng: np.random.RandomState) -> int:
         return int(rng.randint(self.low, self.high))
 
+    def contains(self, value: Any) -> bool:
+        return _within(value, self.low, self.high - 1)
+
     def __str__(self) -> str:
         return f"randint({self.low}, {self.high})"
 
@@ -83,8 +98,19 @@ class Choice:
     def sample(self, rng: np.random.RandomState) -> Any:
         return self.options[rng.randint(len(self.options))]
 
+    def contains(self, value: Any) -> bool:
+        return value in self.options
+
     def __str__(self) -> str:
         return "choice(" + ", ".join(map(repr, self.options)) + ")"
+
+
+def _within(value: Any, low: float, high: float) -> bool:
+    """low <= value <= high, up to float rounding (10 ** -2.5 printed and read back)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    slack = 1e-9 * max(abs(low), abs(high), 1e-300)
+    return low - slack <= value <= high + slack
 
 
 # Declarations ---------------------------------------------------------------------------
@@ -184,7 +210,7 @@ def _raise() -> Any:
     raise ValueError
 
 
-# Training hyperparameters shared by every method; a dataset may change their defaults.
+# Training hyperparameters shared by every method; a protocol may change their defaults.
 TRAINING_HPARAMS: dict[str, HParam] = {
     "lr": HParam(1e-3, LogUniform(-4.5, -2.5), low=1e-8, high=10.0, help="Adam learning rate"),
     "weight_decay": HParam(0.0, LogUniform(-6, -2), low=0.0, high=1.0,
@@ -193,6 +219,11 @@ TRAINING_HPARAMS: dict[str, HParam] = {
                  help="l2 * sum of squared norms of all parameters, added to the loss (IRM code)"),
     "batch_size": HParam(64, LogUniform(3, 9, base=2, integer=True), low=0, high=1 << 24,
                          help="examples per environment per step; 0 = full batch"),
+}
+
+# Hyperparameters of a model's architecture. A run draws and records only those its model
+# reads (invbench.models.MODEL_HPARAMS): a linear model has no hidden width.
+ARCHITECTURE_HPARAMS: dict[str, HParam] = {
     "hidden_dim": HParam(256, LogUniform(6, 9, base=2, integer=True), low=1, high=65536,
                          help="width of the MLP's hidden layers"),
 }
@@ -216,10 +247,9 @@ def draw(space: Mapping[str, HParam], hparams_seed: int) -> dict[str, Any]:
     }
 
 
-def validate_overrides(space: Mapping[str, HParam], overrides: Mapping[str, Any], owner: str,
-                       kind: str = "hyperparameter") -> dict:
-    """Validated, converted values; a ConfigError names the owner, the value and what is allowed."""
-    unknown = sorted(set(overrides) - set(space))
+def check_names(space: Mapping[str, Any], names: Any, owner: str, kind: str = "hyperparameter") -> None:
+    """Raise ConfigError naming every unknown name, its close match, the owner and what is allowed."""
+    unknown = sorted(set(names) - set(space))
     if unknown:
         import difflib
 
@@ -230,6 +260,12 @@ def validate_overrides(space: Mapping[str, HParam], overrides: Mapping[str, Any]
         raise ConfigError(
             f"unknown {kind} {', '.join(hints)} for {owner}; allowed: {', '.join(sorted(space))}"
         )
+
+
+def validate_overrides(space: Mapping[str, HParam], overrides: Mapping[str, Any], owner: str,
+                       kind: str = "hyperparameter") -> dict:
+    """Validated, converted values; a ConfigError names the owner, the value and what is allowed."""
+    check_names(space, overrides, owner, kind)
     values = {}
     for name, value in overrides.items():
         try:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 from torch import nn
 
+from invbench.errors import ConfigError
 from invbench.hparams import HParam
 from invbench.tasks import Task
 
@@ -39,8 +40,12 @@ class Method:
 
     name: ClassVar[str] = ""
     hparams: ClassVar[dict[str, HParam]] = {}
-    # Named sets of hyperparameter values (may include "steps"), e.g. a paper's tuned values.
-    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "presets", None):  # the old home of a paper's tuned values: refuse, not ignore
+            raise ConfigError(f"method class {cls.__qualname__} sets presets: a paper's tuned values belong in "
+                              f"a protocol (invbench.protocol.Protocol) with method_hparams for this method")
 
     def __init__(self, hparams: Mapping[str, Any], n_envs: int, task: Task,
                  env_sizes: Sequence[int] | None = None):

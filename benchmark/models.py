@@ -174,6 +174,13 @@ def mlp(input_shape: tuple, n_outputs: int, hp: Mapping) -> nn.Module:
     """The IRM paper's MLP on the flattened input (width: hidden_dim)."""
     return MLP(math.prod(input_shape), hp["hidden_dim"], n_outputs)
 
+# The architecture hyperparameters (invbench.hparams.ARCHITECTURE_HPARAMS) each model reads;
+# a model not named reads none. A run draws and records only its model's.
+MODEL_HPARAMS: dict[str, tuple[str, ...]] = {
+    "mlp": ("hidden_dim",),
+    "mlp_grayscale": ("hidden_dim",),
+}
+
 
 @register_model("mlp_grayscale", Accepts(min_rank=2, inputs="(channels, ...)"))
 def mlp_grayscale(input_shape: tuple, n_outputs: int, hp: Mapping) -> nn.Module:

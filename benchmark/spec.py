@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from invbench.errors import ConfigError
-from invbench.hparams import TRAINING_HPARAMS, HParam, draw, validate_overrides
+from invbench.hparams import ARCHITECTURE_HPARAMS, HParam, draw, validate_overrides
 from invbench.registry import DATASETS, METHODS
+
 
 class HParamWarning(UserWarning):
     """A valid but probably unintended setting (a penalty that never switches on)."""
@@ -99,31 +100,37 @@ def _freeze(options: Mapping[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
 
 
-def hparam_space(method: str, dataset: str) -> dict[str, HParam]:
-    """Training hyperparameters followed by the method's, with the dataset's protocol applied.
+def hparam_space(method: str, dataset: str, *, protocol: str | None = None, model: str | None = None
+                 ) -> dict[str, HParam]:
+    """The hyperparameters of ``method`` on ``dataset``: the training ones, the model's and the
+    method's, with the protocol's defaults and searches applied (invbench.protocol).
 
-    A dataset may change any hyperparameter's default (``hparam_defaults``) and search
-    (``hparam_search``: a distribution, or None to keep the default in every draw), for
-    the training hyperparameters and for method hyperparameters alike (the IRM protocol
-    searches the penalty weight in 10^U(2, 6)); names the method does not have are ignored.
+    ``protocol`` names one other than the dataset's own; ``model`` one other than the
+    protocol's or the dataset's. Only the hyperparameters the model reads are included.
     """
-    method_cls = METHODS.get(method)
     family = DATASETS.get(dataset)
-    overlap = set(TRAINING_HPARAMS) & set(method_cls.hparams)
-    if overlap:
-        raise ConfigError(f"method {method!r} redeclares training hyperparameters {sorted(overlap)}")
-    space = {}
-    for name, hp in {**TRAINING_HPARAMS, **method_cls.hparams}.items():
-        if name in family.hparam_defaults:
-            hp = dataclasses.replace(hp, default=family.hparam_defaults[name])
-        if name in family.hparam_search:
-            hp = dataclasses.replace(hp, search=family.hparam_search[name])
-        if name == "batch_size" and hp.default == 0:
-            # a full-batch protocol stays full batch in every draw (a drawn batch could
-            # exceed its environments, and would change the protocol)
-            hp = dataclasses.replace(hp, search=None)
-        space[name] = hp
-    return space
+    chosen = _protocol(family, protocol)
+    return _space(method, chosen, model or _model(family, chosen, family.resolve_options(None)))
+
+
+def _protocol(family, name: str | None):
+    from invbench.protocol import get_protocol
+
+    name = name or family.protocol
+    return get_protocol(name) if name else None
+
+
+def _model(family, protocol, options: Mapping[str, Any]) -> str:
+    return (protocol.model if protocol is not None else None) or family.model_for(options)
+
+
+def _space(method: str, protocol, model: str) -> dict[str, HParam]:
+    from invbench.models import MODEL_HPARAMS, MODELS
+    from invbench.protocol import method_space
+
+    if model not in MODELS:
+        raise ConfigError(f"unknown model {model!r}; allowed: {', '.join(sorted(MODELS))}")
+    return method_space(METHODS.get(method), method, protocol, MODEL_HPARAMS.get(model, ()))
 
 
 def make_spec(
@@ -145,31 +152,37 @@ def make_spec(
 ) -> RunSpec:
     """Resolve names, options and hyperparameters into a validated spec.
 
-    Precedence for hyperparameters: the draw (0 = defaults), then the preset, then the
-    explicit overrides.
+    ``preset`` names a protocol to follow instead of the dataset's own (a warning when the
+    dataset is not one it was made for). Hyperparameters: the protocol's defaults (draw 0)
+    or draw n of its searches, then the explicit overrides. Steps, evaluation interval and
+    model: the explicit value, then the protocol's, then the dataset's.
     """
-    from invbench.models import MODELS
+    from invbench.protocol import warn_if_foreign
 
     family = DATASETS.get(dataset)
     method_cls = METHODS.get(method)
     options = family.resolve_options(dataset_options)
     if trial < 0:
         raise ConfigError(f"trial (the data seed) must be >= 0; got {trial}")
-    space = hparam_space(method, dataset)
-    hparams = draw(space, hparams_seed)
-    preset_values: dict[str, Any] = {}
+    protocol = _protocol(family, preset)
     if preset is not None:
-        presets = getattr(method_cls, "presets", {})
-        if preset not in presets:
-            allowed = ", ".join(sorted(presets)) or "none"
-            raise ConfigError(f"method {method!r} has no preset {preset!r}; its presets: {allowed}")
-        preset_values = dict(presets[preset])
-    preset_steps = preset_values.pop("steps", None)
-    hparams.update(validate_overrides(space, preset_values, f"method {method!r}"))
-    hparams.update(validate_overrides(space, dict(overrides or {}), f"method {method!r}"))
+        warn_if_foreign(protocol, dataset, family.protocol)
+    model = model or _model(family, protocol, options)
+    space = _space(method, protocol, model)
+    hparams = draw(space, hparams_seed)
+    given = dict(overrides or {})
+    for name in sorted(set(given) & set(ARCHITECTURE_HPARAMS) - set(space)):
+        from invbench.models import MODEL_HPARAMS  # only for the message
 
-    steps = steps if steps is not None else (preset_steps or family.default_steps)
-    eval_every = eval_every if eval_every is not None else min(family.default_eval_every, steps)
+        readers = sorted(m for m, names in MODEL_HPARAMS.items() if name in names)
+        raise ConfigError(f"hyperparameter {name!r} does not apply to model {model!r}: "
+                          f"only {', '.join(readers) or 'no model'} read it")
+    hparams.update(validate_overrides(space, given, f"method {method!r}"))
+
+    protocol_steps = protocol.steps if protocol is not None else None
+    protocol_eval = protocol.eval_every if protocol is not None else None
+    steps = steps if steps is not None else (protocol_steps or family.default_steps)
+    eval_every = eval_every if eval_every is not None else min(protocol_eval or family.default_eval_every, steps)
     if steps < 1:
         raise ConfigError(f"steps must be >= 1; got {steps}")
     if eval_every < 1:
@@ -179,9 +192,6 @@ def make_spec(
         raise ConfigError(f"holdout fraction must be in [0, 1); got {holdout}")
     tests = tuple(sorted(set(family.default_test_envs_for(options) if test_envs is None else test_envs)))
     family.check_test_envs(options, tests)
-    model = model or family.model_for(options)
-    if model not in MODELS:
-        raise ConfigError(f"unknown model {model!r}; allowed: {', '.join(sorted(MODELS))}")
     for problem in method_cls.check_hparams(hparams, int(steps)):
         warnings.warn(f"{dataset}/{method}: {problem}", HParamWarning, stacklevel=2)
     return RunSpec(

@@ -8,7 +8,7 @@ import torch
 
 from invbench.data import Dataset, DatasetFamily, Environment, holdout_split
 from invbench.errors import ConfigError
-from invbench.hparams import HParam, LogUniform, RandInt, seed_hash
+from invbench.hparams import HParam, seed_hash
 from invbench.registry import DATASETS
 from invbench.tasks import Task
 from invbench.datasets._colouring import check_flips, colour, common_options
@@ -30,30 +30,14 @@ class ColoredMNISTIRM(DatasetFamily):
     applies; the source's name records it.
     """
 
-    images_kind = "mnist"  # which images the colours go on: a registered image source (_sources.IMAGE_SOURCES)
+    images_kind = "mnist"  # which images the colours go on (invbench.datasets._sources.KINDS)
     task = "binary"
     model = "mlp"
     options = {
         **common_options("train_flips", (0.2, 0.1), "colour-flip probability of each training environment", 14),
         "test_flips": HParam((0.9,), help="colour-flip probability of each test environment (after the training ones)"),
     }
-    # The IRM code's tuned ERM (full batch, width 256, l2 0.001, Adam lr 0.001) and, for the
-    # penalised methods, its schedule: the tuned anneal step and weight, the loss divided by
-    # the weight, the full-batch estimator. (DomainBed's anneal of 500 would never switch
-    # the penalty on in this protocol's 500 steps.)
-    hparam_defaults = {
-        "batch_size": 0, "hidden_dim": 256, "l2": 0.001, "lr": 0.001,
-        "anneal_iters": 190, "penalty_weight": 91257.18613115903, "scale_loss": True,
-        "reset_optimizer": False, "estimator": "full_batch",
-    }
-    # The IRM code's search (docs/protocols.md section 1); it has no weight decay.
-    hparam_search = {
-        "hidden_dim": LogUniform(6, 9, base=2, integer=True), "l2": LogUniform(-5, -2),
-        "lr": LogUniform(-3.5, -2.5), "anneal_iters": RandInt(50, 250), "penalty_weight": LogUniform(2, 6),
-        "weight_decay": None,
-    }
-    default_steps = 500
-    default_eval_every = 100
+    protocol = "irm-paper"  # its values: invbench.paper_protocols
     default_holdout_fraction = 0.0  # the IRM protocol evaluates on whole environments
     default_test_envs = (2,)
 

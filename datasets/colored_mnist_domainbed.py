@@ -34,12 +34,7 @@ class ColoredMNISTDomainBed(DatasetFamily):
     task = "multiclass"
     model = "cnn"  # DomainBed's MNIST_CNN
     options = common_options("flips", (0.1, 0.2, 0.9), "colour-flip probability of each environment", 28)
-    hparam_defaults = {"batch_size": 64, "lr": 0.001, "weight_decay": 0.0}  # DomainBed's defaults
-    # DomainBed's search for its small-image datasets: lr 10^U(-4.5, -2.5) and batch
-    # 2^U(3, 9) (the engine's), weight decay fixed at 0; it has no l2 term.
-    hparam_search = {"weight_decay": None, "l2": None}
-    default_steps = 5000
-    default_eval_every = 100
+    protocol = "domainbed"  # its values: invbench.paper_protocols
     default_holdout_fraction = 0.2
     default_test_envs = (2,)
 

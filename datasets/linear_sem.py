@@ -48,12 +48,7 @@ class LinearSEM(DatasetFamily):
         "env_sigmas": HParam((0.2, 2.0, 5.0), help="noise multiplier of each environment"),
         "n_per_env": HParam(1000, low=2, high=10_000_000, help="samples per environment"),
     }
-    # Full batch, as the paper. For IRMv1: the IRM code's full-batch estimator and weight 10
-    # (DomainBed's unbiased estimator with weight 100 diverged here: measured causal error
-    # 0.13-1.26 over three trials, against 0.002-0.036). 10 is V-REx's default already.
-    hparam_defaults = {"batch_size": 0, "lr": 0.01, "estimator": "full_batch", "penalty_weight": 10.0}
-    default_steps = 2000
-    default_eval_every = 200
+    protocol = "linear-sem"  # its values: invbench.paper_protocols
     default_test_envs = (2,)  # IRM trains on sigma 0.2 and 2 and is tested on sigma 5
 
     @classmethod

@@ -36,9 +36,7 @@ class LinearUnitTest(DatasetFamily):
         "n_envs": HParam(3, low=2, high=1000, help="environments; beyond 3 their parameters are drawn"),
         "n_per_env": HParam(10_000, low=2, high=10_000_000, help="samples per environment and split"),
     }
-    hparam_defaults = {"batch_size": 0}  # full batch
-    default_steps = 10_000
-    default_eval_every = 1000
+    protocol = "linear-unit-tests"  # its values: invbench.paper_protocols
     default_holdout_fraction = 0.0
     default_test_envs = ()
 

@@ -12,7 +12,6 @@ from invbench.errors import ConfigError
 from invbench.hparams import HParam, LogUniform
 from invbench.method import Batch, Method, Objective
 from invbench.registry import METHODS
-from invbench.methods.irm import IRM_PAPER
 
 
 @METHODS.register("groupdro")
@@ -39,12 +38,6 @@ class GroupDRO(Method):
         "adjustment": HParam(0.0, low=0.0, high=1e6,
                              help="C of the generalisation adjustment C / sqrt(n_e) in the weight update (0 = off)"),
     }
-    presets = {
-        # The IRM paper's tuned training values (as the Fishr re-run used them for every method);
-        # eta keeps its default: no tuned value was published for this protocol.
-        "irm-paper": {k: IRM_PAPER[k] for k in ("hidden_dim", "l2", "lr", "batch_size", "steps")},
-    }
-
     def __init__(self, hparams, n_envs, task, env_sizes=None):
         super().__init__(hparams, n_envs, task, env_sizes)
         if self.hp["adjustment"] and self.env_sizes is None:

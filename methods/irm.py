@@ -14,14 +14,6 @@ from invbench.registry import METHODS
 from invbench.methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, ScheduledPenaltyMethod,
                               schedule_hparams)
 
-# The IRM paper's tuned Colored MNIST values (Arjovsky et al. 2019, the code's README):
-# hidden 390, l2 0.00110794568, lr 0.0004898536566546834, anneal 190, penalty 91257.18613115903,
-# full batch, 501 steps (our step 500 is their "step 500 of 501": the model after 500 updates).
-IRM_PAPER = {
-    "hidden_dim": 390, "l2": 0.00110794568, "lr": 0.0004898536566546834, "batch_size": 0,
-    "anneal_iters": 190, "penalty_weight": 91257.18613115903, "steps": 500,
-}
-
 
 @METHODS.register("irm")
 class IRM(ScheduledPenaltyMethod):
@@ -45,7 +37,7 @@ class IRM(ScheduledPenaltyMethod):
     for every task: R_e is binary cross-entropy, cross-entropy or squared error of s * f.
 
     Defaults follow DomainBed (irm_lambda 100, anneal 500, unbiased, optimizer reset); the
-    preset "irm-paper" gives the IRM code's tuned Colored MNIST run.
+    protocol "irm-paper" (invbench.paper_protocols) holds the IRM code's tuned Colored MNIST run.
     """
 
     hparams = {
@@ -55,10 +47,6 @@ class IRM(ScheduledPenaltyMethod):
         "estimator": HParam("unbiased", choices=("unbiased", "full_batch"),
                             help="squared gradient on the whole batch (IRM code) or product over two halves (paper 3.2, DomainBed)"),
     }
-    presets = {
-        "irm-paper": {**IRM_PAPER, "estimator": "full_batch", "scale_loss": True, "reset_optimizer": False},
-    }
-
     def __init__(self, hparams, n_envs, task, env_sizes=None):
         super().__init__(hparams, n_envs, task, env_sizes)
         self.estimator = self.hp["estimator"]

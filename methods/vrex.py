@@ -11,7 +11,6 @@ from invbench.method import Batch, Objective
 from invbench.registry import METHODS
 from invbench.methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, ScheduledPenaltyMethod,
                               schedule_hparams)
-from invbench.methods.irm import IRM_PAPER
 
 
 @METHODS.register("vrex")
@@ -33,7 +32,7 @@ class VREx(ScheduledPenaltyMethod):
         divides by beta (a constant factor, which Adam all but ignores);
       - DomainBed's VREx: mean(R_e) + lambda * mean((R_e - mean R)^2) (risk_reduction="mean"),
         weight 1 before anneal, optimizer re-created at the anneal step. These are the defaults.
-    w(step) = 1.0 before ``anneal_iters`` updates and ``penalty_weight`` after. The preset
+    w(step) = 1.0 before ``anneal_iters`` updates and ``penalty_weight`` after. The protocol
     "irm-paper" applies the IRM paper's tuned Colored MNIST values to V-REx, as the Fishr paper
     (Rame et al. 2022) re-ran it (mean risk, variance penalty, divide by the weight).
     """
@@ -45,10 +44,6 @@ class VREx(ScheduledPenaltyMethod):
         "risk_reduction": HParam("mean", choices=("mean", "sum"),
                                  help="mean of the environment risks (DomainBed) or their sum (REx code)"),
     }
-    presets = {
-        "irm-paper": {**IRM_PAPER, "risk_reduction": "mean", "scale_loss": True, "reset_optimizer": False},
-    }
-
     def objective(self, model: nn.Module, batches: Sequence[Batch], step: int) -> Objective:
         losses = self.env_losses(self.env_logits(model, batches), batches)
         risk = losses.sum() if self.hp["risk_reduction"] == "sum" else losses.mean()

@@ -224,7 +224,7 @@ def test_groupdro_adjustment_needs_the_environment_sizes():
         make("groupdro", adjustment=1.0, env_sizes=None)
 
 
-# Hyperparameters: declared, validated, presets -------------------------------------------
+# Hyperparameters: declared, validated, protocols -----------------------------------------
 
 @pytest.mark.parametrize("method, name, value, message", [
     ("irm", "penalty_weight", -1.0, "out of range"),
@@ -242,20 +242,22 @@ def test_invalid_hyperparameter_values_are_rejected_with_what_is_allowed(method,
     assert name in str(info.value)
 
 
-def test_irm_paper_preset_has_the_papers_tuned_values():
-    spec = make_spec("linear_sem", "irm", preset="irm-paper")
+def test_irm_paper_protocol_has_the_papers_tuned_values():
+    spec = make_spec("cmnist_irm", "irm", preset="irm-paper")
     expected = {"hidden_dim": 390, "l2": 0.00110794568, "lr": 0.0004898536566546834, "anneal_iters": 190,
                 "penalty_weight": 91257.18613115903, "batch_size": 0, "estimator": "full_batch",
                 "scale_loss": True, "reset_optimizer": False}
     assert {k: spec.hparams[k] for k in expected} == expected
     assert spec.steps == 500
-    vrex = make_spec("linear_sem", "vrex", preset="irm-paper")
+    vrex = make_spec("cmnist_irm", "vrex", preset="irm-paper")
     assert vrex.hparams["penalty_weight"] == 91257.18613115903 and vrex.hparams["scale_loss"] is True
-    dro = make_spec("linear_sem", "groupdro", preset="irm-paper")
+    dro = make_spec("cmnist_irm", "groupdro", preset="irm-paper")
     assert (dro.hparams["hidden_dim"], dro.hparams["lr"], dro.steps) == (390, 0.0004898536566546834, 500)
-    gray = make_spec("linear_sem", "erm", preset="irm-paper-grayscale")
-    assert (gray.hparams["hidden_dim"], gray.hparams["l2"], gray.hparams["lr"], gray.steps) == (
-        83, 0.0008602868865288383, 0.0028171488133821726, 100)
+    erm = make_spec("cmnist_irm", "erm", preset="irm-paper")
+    assert (erm.hparams["hidden_dim"], erm.hparams["l2"], erm.hparams["lr"]) == (256, 0.001, 0.001)
+    gray = make_spec("cmnist_irm", "erm", preset="irm-paper-grayscale")
+    assert (gray.hparams["hidden_dim"], gray.hparams["l2"], gray.hparams["lr"], gray.steps, gray.model) == (
+        83, 0.0008602868865288383, 0.0028171488133821726, 100, "mlp_grayscale")
 
 
 def test_every_method_declares_searchable_valid_hyperparameters():
@@ -291,5 +293,10 @@ def test_list_methods_shows_the_four_with_their_hyperparameters(cli):
     for name, hparams in expected.items():
         for hp in hparams:
             assert f"    {hp} = " in blocks[name], (name, hp)
-    for name in ("erm", "irm", "vrex", "groupdro"):
-        assert "presets: irm-paper" in blocks[name]
+    protocols = cli("list", "protocols")
+    assert protocols.returncode == 0, protocols.stderr
+    irm_paper = protocols.stdout.split("\n  irm-paper:")[1].split("\n  irm-paper-grayscale:")[0]
+    lines = {line.strip().split(":", 1)[0]: line for line in irm_paper.splitlines()}
+    assert "batch_size=0; hidden_dim=256; l2=0.001; lr=0.001" in lines["every method"]  # the tuned ERM
+    for name in ("irm", "vrex", "groupdro"):
+        assert "hidden_dim=390" in lines[name] and "lr=0.0004898536566546834" in lines[name], name

@@ -5,6 +5,7 @@ import torch
 
 from invbench.data import Dataset, DatasetFamily, Environment
 from invbench.hparams import HParam
+from invbench.protocol import PROTOCOLS, Protocol, register
 from invbench.registry import DATASETS
 from invbench.runner import load_records, run
 from invbench.spec import make_spec
@@ -22,7 +23,7 @@ class SpuriousLinear(DatasetFamily):
     task = "binary"
     model = "linear"
     options = {"p": HParam((0.95, 0.8, 0.1), help="agreement of z's sign with the label, per env")}
-    hparam_defaults = {"batch_size": 0, "lr": 0.05}
+    protocol = "test-spurious-linear"
     default_test_envs = (2,)
 
     @classmethod
@@ -52,6 +53,8 @@ class SpuriousLinear(DatasetFamily):
 @pytest.fixture
 def spurious_dataset():
     DATASETS.register("test_spurious_linear")(SpuriousLinear)
+    register(Protocol(name="test-spurious-linear", description="full batch, lr 0.05",
+                      datasets=("test_spurious_linear",), hparams={"batch_size": 0, "lr": 0.05}, search={"lr": None}))
     # One thread: on a shared 2-core machine intra-op threads of a 2-weight model only contend
     # (measured: 0.9 s per IRM run with one thread, 28 s with two under load).
     threads = torch.get_num_threads()
@@ -59,6 +62,7 @@ def spurious_dataset():
     yield "test_spurious_linear"
     torch.set_num_threads(threads)
     DATASETS.unregister("test_spurious_linear")
+    PROTOCOLS.unregister("test-spurious-linear")
 
 
 def spurious_share(dataset, method, trial, out, **overrides):

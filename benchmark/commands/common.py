@@ -24,16 +24,18 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", "-m", required=True, help="a registered method (invbench list methods)")
     parser.add_argument("--option", "-o", action="append", metavar="NAME=VALUE", help="dataset option (repeatable)")
     parser.add_argument("--set", action="append", metavar="NAME=VALUE", dest="overrides",
-                        help="hyperparameter value (repeatable); wins over the draw and the preset")
-    parser.add_argument("--preset", help="a method's named hyperparameter preset, e.g. irm-paper")
+                        help="hyperparameter value (repeatable); wins over the protocol and the draw")
+    parser.add_argument("--protocol", "--preset", dest="preset", metavar="NAME",
+                        help="follow this protocol instead of the dataset's own, e.g. irm-paper "
+                             "(invbench list protocols)")
     parser.add_argument("--test-env", type=int, action="append", dest="test_envs",
                         help="test environment index (repeatable; default: the dataset's)")
     parser.add_argument("--trial", type=int, default=0, help="data seed (default 0)")
     parser.add_argument("--hparams-seed", type=int, default=0, help="hyperparameter draw; 0 = defaults")
-    parser.add_argument("--steps", type=int, help="training steps (default: the dataset's or preset's)")
+    parser.add_argument("--steps", type=int, help="training steps (default: the protocol's)")
     parser.add_argument("--eval-every", type=int, help="evaluate every N steps")
     parser.add_argument("--holdout", type=float, dest="holdout_fraction", help="fraction held out as 'val'")
-    parser.add_argument("--model", help="model (default: the dataset's): mlp, mlp_grayscale, linear, linear_nobias, cnn")
+    parser.add_argument("--model", help="model (default: the protocol's or the dataset's): mlp, mlp_grayscale, linear, linear_nobias, cnn")
     parser.add_argument("--data-dir", help="where image datasets look for data (or INVBENCH_DATA)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
 

@@ -1,4 +1,4 @@
-"""invbench list [methods|datasets]"""
+"""invbench list [methods|datasets|protocols]"""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("list", help="list registered methods and datasets with their settings")
-    parser.add_argument("what", nargs="?", choices=("methods", "datasets"), help="only one registry")
+    parser = sub.add_parser("list", help="list registered methods, datasets and protocols with their settings")
+    parser.add_argument("what", nargs="?", choices=("methods", "datasets", "protocols"), help="only one registry")
     parser.set_defaults(func=main)
 
 
@@ -20,8 +20,28 @@ def _table(space, indent: str = "    ") -> list[str]:
     return lines
 
 
+def _values(values, searches) -> str:
+    parts = [f"{k}={v!r}" for k, v in sorted(values.items())]
+    parts += [f"{k} {'fixed' if v is None else 'searched in ' + str(v)}" for k, v in sorted(searches.items())]
+    return "; ".join(parts)
+
+
+def _protocol_lines(protocol) -> list[str]:
+    settings = [f"made for {', '.join(protocol.datasets)}"]
+    settings += [f"{key} {getattr(protocol, key)}" for key in ("steps", "eval_every", "model", "selection")
+                 if getattr(protocol, key) is not None]
+    lines = [f"  {protocol.name}: {protocol.description}", f"    {'; '.join(settings)}"]
+    if protocol.hparams or protocol.search:
+        lines.append(f"    every method: {_values(protocol.hparams, protocol.search)}")
+    for method in sorted({*protocol.method_hparams, *protocol.method_search}):
+        values = _values(protocol.method_hparams.get(method, {}), protocol.method_search.get(method, {}))
+        lines.append(f"    {method}: {values}")
+    lines += [f"    deviation: {text}" for text in protocol.deviations]
+    return lines
+
+
 def main(args: argparse.Namespace) -> int:
-    from invbench.hparams import TRAINING_HPARAMS
+    from invbench.hparams import ARCHITECTURE_HPARAMS, TRAINING_HPARAMS
     from invbench.registry import DATASETS, METHODS, describe
 
     out: list[str] = []
@@ -30,21 +50,29 @@ def main(args: argparse.Namespace) -> int:
         for name, method in METHODS.items():
             out.append(f"  {name}: {describe(method)}")
             out += _table(method.hparams)
-            if method.presets:
-                out.append(f"    presets: {', '.join(sorted(method.presets))}")
         out.append("  training hyperparameters (every method):")
         out += _table(TRAINING_HPARAMS)
+        from invbench.models import MODEL_HPARAMS
+
+        readers = sorted(m for m, names in MODEL_HPARAMS.items() if names)
+        out.append(f"  model hyperparameters (only runs whose model reads them: {', '.join(readers)}):")
+        out += _table(ARCHITECTURE_HPARAMS)
     if args.what in (None, "datasets"):
+        from invbench.protocol import get_protocol
+
         out.append("datasets:")
         for name, family in DATASETS.items():
-            out.append(f"  {name}: {describe(family)} [{family.task}; model {family.model}; "
-                       f"{family.default_steps} steps]")
+            protocol = get_protocol(family.protocol) if family.protocol else None
+            steps = (protocol.steps if protocol else None) or family.default_steps
+            model = (protocol.model if protocol else None) or family.model
+            named = f"; protocol {family.protocol}" if family.protocol else ""
+            out.append(f"  {name}: {describe(family)} [{family.task}; model {model}; {steps} steps{named}]")
             out += _table(family.options)
-            if family.hparam_defaults:
-                changed = ", ".join(f"{k}={v!r}" for k, v in sorted(family.hparam_defaults.items()))
-                out.append(f"    protocol defaults: {changed}")
-            if family.hparam_search:
-                searched = ", ".join(f"{k} {'fixed' if v is None else v}" for k, v in sorted(family.hparam_search.items()))
-                out.append(f"    protocol search: {searched}")
+    if args.what in (None, "protocols"):
+        from invbench.protocol import PROTOCOLS, get_protocol
+
+        out.append("protocols (a dataset follows its own; choose another with --protocol NAME):")
+        for name in PROTOCOLS.names():
+            out += _protocol_lines(get_protocol(name))
     print("\n".join(out))
     return 0

@@ -47,13 +47,13 @@ TOP_KEYS = {
     "datasets": "array of [[datasets]] tables",
     "trials": "number of data seeds: trials 0..n-1 (default 1)",
     "hparam_draws": "number of hyperparameter draws: 0..n-1, draw 0 = defaults (default 1)",
-    "steps": "training steps (default: the preset's or the dataset's)",
-    "eval_every": "evaluation interval (default: the dataset's)",
+    "steps": "training steps (default: the protocol's)",
+    "eval_every": "evaluation interval (default: the protocol's)",
     "holdout_fraction": "fraction of each environment held out as 'val'",
-    "preset": "a named hyperparameter preset every method of the sweep has, e.g. irm-paper",
+    "preset": "a protocol to follow instead of each dataset's own, e.g. irm-paper (invbench list protocols)",
     "hparams": "hyperparameter values for every method (table)",
     "method_hparams": "hyperparameter values per method ([method_hparams.irm])",
-    "model": "model for every run (default: the dataset's)",
+    "model": "model for every run (default: the protocol's or the dataset's)",
     "device": "auto, cpu, cuda or cuda:N (default cpu)",
     "data_dir": "where image datasets look for data",
     "executor": "the [executor] table",
@@ -436,10 +436,10 @@ def _relevant(overrides: dict[str, Any], method: str, dataset: str, config: Swee
     methods without it ignore it, but a name that no method of the sweep knows is an error."""
     from invbench.spec import hparam_space
 
-    space = hparam_space(method, dataset)
+    space = hparam_space(method, dataset, protocol=config.preset, model=config.model)
     known_anywhere = set()
     for other in config.methods:
-        known_anywhere |= set(hparam_space(other, dataset))
+        known_anywhere |= set(hparam_space(other, dataset, protocol=config.preset, model=config.model))
     unknown = sorted(set(overrides) - known_anywhere)
     if unknown:
         from invbench.hparams import validate_overrides
