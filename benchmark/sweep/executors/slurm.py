@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from invbench.errors import ConfigError
 from invbench.sweep.executors.base import Executor
-from invbench.sweep.state import JobState, write_launch
+from invbench.sweep.state import JobState, job_order, write_launch
 
 SUBMITIT_FOLDER = ".submitit"
 PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED",
@@ -146,7 +146,7 @@ class SlurmExecutor(Executor):
 
     @classmethod
     def cancel(cls, launches: Sequence[dict]) -> list[str]:
-        ids = sorted({str(launch["job_id"]) for launch in launches})
+        ids = sorted({str(launch["job_id"]) for launch in launches}, key=job_order)
         if not ids:
             return []
         subprocess.run(["scancel", *ids], check=True, capture_output=True, text=True)
