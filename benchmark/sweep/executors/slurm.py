@@ -40,7 +40,9 @@ class RunTask:
 
         from invbench.runner import RunBusyError, RunFailedError, run
         from invbench.spec import RunSpec
+        from invbench.warn import show_warnings_once
 
+        show_warnings_once()  # one line per message in the task's log, not one per run
         torch.set_num_threads(self.threads)
         failures, finished = [], []
         for data in self.specs:
