@@ -17,8 +17,8 @@ def register(sub) -> None:
     helps = {
         "launch": "start the runs that are neither done, queued, running nor failed (safe to repeat)",
         "status": "counts per state, per dataset and method; failed runs with their error; ETA",
-        "retry": "start the failed and stale runs again",
-        "cancel": "stop the sweep's queued and running runs",
+        "retry": "start the failed, stale and cancelled runs again",
+        "cancel": "stop the sweep's queued and running runs (they read cancelled; launch resumes them)",
     }
     for action, text in helps.items():
         p = actions.add_parser(action, help=text, description=text)

@@ -174,16 +174,18 @@ def build_leaderboard(results: Results, strategy: SelectionStrategy) -> Leaderbo
     return Leaderboard(strategy.name, strategy.title, tables, per_trial, results.summary(), notes)
 
 
-# Why runs of a cell are left out, in the order a cell's note names them.
-LEFT_OUT = {
-    "diverged": ("diverged ({n} run(s): the loss became non-finite)", "{n} diverged run(s) left out (the loss became non-finite)"),
-    "failed": ("failed ({n} run(s): see their error.json)", "{n} failed run(s) left out"),
-    "unfinished": ("runs unfinished ({n})", "{n} unfinished run(s) left out"),
-}
+# Why a cell's runs were left out, in the order its note names them: the note of a cell
+# without a value, and of a cell whose value lacks those runs.
+LEFT_OUT_EMPTY = {"diverged": "diverged ({n} run(s): the loss became non-finite)",
+                  "failed": "failed ({n} run(s): see their error.json)",
+                  "unfinished": "runs unfinished ({n})"}
+LEFT_OUT_PARTIAL = {"diverged": "{n} diverged run(s) left out (the loss became non-finite)",
+                    "failed": "{n} failed run(s) left out",
+                    "unfinished": "{n} unfinished run(s) left out"}
 
 
-def _left_out(why: dict[str, int], partial: bool) -> str:
-    return "; ".join(LEFT_OUT[kind][partial].format(n=why[kind]) for kind in LEFT_OUT if why.get(kind))
+def _left_out(why: dict[str, int], texts: dict[str, str]) -> str:
+    return "; ".join(text.format(n=why[kind]) for kind, text in texts.items() if why.get(kind))
 
 
 def _cell(values: list[float], reasons: list[str], metric: str, why: dict[str, int]) -> Cell:
@@ -194,12 +196,12 @@ def _cell(values: list[float], reasons: list[str], metric: str, why: dict[str, i
         if reasons:
             note = f"{len(reasons)} trial(s) without a value: {'; '.join(sorted(set(reasons)))}"
         elif why:
-            note = _left_out(why, partial=True)
+            note = _left_out(why, LEFT_OUT_PARTIAL)
         return Cell(mean, se, len(values), note, metric)
     if reasons:
         return Cell(note="; ".join(sorted(set(reasons))), metric=metric)
     if why:
-        return Cell(note=_left_out(why, partial=False), metric=metric)
+        return Cell(note=_left_out(why, LEFT_OUT_EMPTY), metric=metric)
     return Cell(note="no runs", metric=metric)
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from invbench.results.selection import VAL
+from invbench.results.selection import VAL, LastCheckpoint, TrainingDomainValidation
 
-TRAINING_DOMAIN, LAST = "training_domain", "last"
+TRAINING_DOMAIN, LAST = TrainingDomainValidation.name, LastCheckpoint.name
 
 
 def has_val_split(results) -> bool:

@@ -1,11 +1,11 @@
 """launch, status, retry and cancel over a sweep's runs.
 
 ``launch`` starts only what is neither done, queued, running nor failed (so it resumes stale
-and cancelled runs); run it again at any time: it reattaches to what is alive and never starts a run twice (a run's lock is a second
-guard should two launchers race). Failed runs wait for ``retry``, since a run that raised
-usually raises again until something is fixed; ``retry`` starts failed, stale and cancelled
-runs only.
-Everything is validated before anything is submitted.
+and cancelled runs); run it again at any time: it reattaches to what is alive and never
+starts a run twice (a run's lock is a second guard should two launchers race). Failed runs
+wait for ``retry``, since a run that raised usually raises again until something is fixed;
+``retry`` starts failed, stale and cancelled runs only. Everything is validated before
+anything is submitted.
 """
 
 from __future__ import annotations
