@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import warnings
 
 from invbench.errors import InvbenchError
+from invbench.warn import show_warnings_once
 
 # Each module adds its subcommands with register(subparsers) and sets func on them.
 COMMAND_MODULES = ("listing", "run", "sweep", "collect", "compare", "demo")
@@ -17,18 +17,16 @@ EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
-def _show_warnings_once() -> None:
-    """Warnings for people: "invbench: warning: ..." once per message, no source lines
-    (a sweep would otherwise repeat one hyperparameter warning per draw and trial)."""
-    shown: set[str] = set()
+def installed_version() -> str:
+    """The installed distribution's version (the package's own when it is not installed)."""
+    from importlib import metadata
 
-    def show(message, category, filename, lineno, file=None, line=None):
-        text = str(message)
-        if text not in shown:
-            shown.add(text)
-            print(f"invbench: warning: {text}", file=file or sys.stderr)
+    try:
+        return metadata.version("invbench")
+    except metadata.PackageNotFoundError:
+        from invbench import __version__
 
-    warnings.showwarning = show
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="invbench",
         description="Benchmark invariance-learning methods: does a method find the invariant signal, or the spurious one?",
     )
+    parser.add_argument("--version", action="version", version=f"invbench {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:
@@ -51,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _show_warnings_once()
+    show_warnings_once()
     from invbench.runner import RunFailedError
 
     try:

@@ -72,7 +72,9 @@ class Registry(Generic[T]):
 
     def _unknown_message(self, name: str) -> str:
         names = sorted(self._items)
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        # names are lower-case: 'IRM' means 'irm', and only that
+        same = [n for n in names if n == name.lower()]
+        close = same or difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         return f"unknown {self.kind} {name!r}.{hint} Registered {self.kind}s: {', '.join(names)}."
 

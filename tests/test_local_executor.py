@@ -127,7 +127,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_cancel_stops_the_local_launcher_and_its_runs_become_stale(tmp_path):
+def test_cancel_stops_the_local_launcher_and_its_runs_read_cancelled(tmp_path):
     path = write(tmp_path, trials=2, steps=4000, eval_every=50, n_per_env=20_000)  # still running when cancelled
     dirs = run_dirs(path)
     launcher_proc = subprocess.Popen([sys.executable, "-m", "invbench.cli", "sweep", "launch", str(path)], cwd=ROOT,
@@ -147,7 +147,7 @@ def test_cancel_stops_the_local_launcher_and_its_runs_become_stale(tmp_path):
     deadline = time.monotonic() + 10
     while "running: 0" not in (status := run_cli("sweep", "status", path).stdout):
         assert time.monotonic() < deadline, status
-    assert "done: 2" not in status and "stale: 0" not in status
+    assert "done: 2" not in status and "cancelled: 0" not in status and "cancelled:" in status
     assert "nothing to cancel" in run_cli("sweep", "cancel", path).stdout
 
 

@@ -24,6 +24,15 @@ def test_unknown_name_lists_close_matches_and_registered_names():
     assert "Registered methods:" in message and "erm" in message.split("Registered methods:")[1]
 
 
+def test_did_you_mean_ignores_case():
+    with pytest.raises(UnknownNameError) as info:
+        METHODS.get("IRM")
+    assert "unknown method 'IRM'. Did you mean 'irm'? Registered methods:" in str(info.value)
+    with pytest.raises(UnknownNameError) as info:
+        DATASETS.get("Linear_SEM")
+    assert "Did you mean 'linear_sem'?" in str(info.value)
+
+
 def test_unknown_name_without_close_match_still_lists_registered_names():
     with pytest.raises(UnknownNameError) as info:
         DATASETS.get("zzzzzz")

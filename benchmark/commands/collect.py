@@ -2,7 +2,11 @@
 
 Markdown on stdout by default; --format latex|csv|html; --plots DIR writes the seaborn
 figures; --html FILE writes the self-contained report (tables and plots);
---save-baseline FILE writes the per-trial values that `invbench compare` reads.
+--save-baseline FILE writes the per-trial values that `invbench compare` reads (an
+existing FILE only with --force: stored baselines are not overwritten by accident).
+
+Without --selection the selection fits the runs: training-domain validation when they hold
+out a val split, else the last checkpoint; stderr says which.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ def register(sub) -> None:
     parser = sub.add_parser("collect", help="leaderboard of the run directories under DIR",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", help="a folder of run directories (searched recursively)")
-    parser.add_argument("--selection", "-s", default="training_domain", choices=SELECTIONS,
-                        help="model selection: training-domain validation (default), leave-one-environment-out, "
-                             "test-domain oracle, or the last checkpoint (IRM protocol)")
+    parser.add_argument("--selection", "-s", choices=SELECTIONS,
+                        help="model selection: training-domain validation, leave-one-environment-out, "
+                             "test-domain oracle, or the last checkpoint (IRM protocol); default: training-domain "
+                             "validation when the runs have a val split, else the last checkpoint")
     parser.add_argument("--format", "-f", default="md", choices=("md", "latex", "csv", "html"),
                         help="table format on stdout (default md)")
     parser.add_argument("--plots", metavar="DIR", help="write the plots (PNG) to DIR")
     parser.add_argument("--html", metavar="FILE", help="write the self-contained HTML report to FILE")
     parser.add_argument("--save-baseline", metavar="FILE", help="write the per-trial values (CSV) for `invbench compare`")
+    parser.add_argument("--force", action="store_true", help="let --save-baseline overwrite an existing FILE")
     parser.add_argument("--include-unfinished", action="store_true",
                         help="also use runs without done.json (their records so far)")
     parser.set_defaults(func=main)
@@ -35,12 +41,18 @@ def register(sub) -> None:
 def main(args: argparse.Namespace) -> int:
     from invbench.errors import ConfigError
     from invbench.results.aggregate import build_leaderboard
+    from invbench.results.default_selection import default_selection, instead, why_empty
     from invbench.results.load import CorruptRecordWarning, load_runs
     from invbench.results.selection import get_strategy
 
     root = Path(args.dir)
     if not root.is_dir():
         raise ConfigError(f"{root} is not a folder of run directories")
+    if args.save_baseline and Path(args.save_baseline).exists() and not args.force:
+        # checked before any work: a stored baseline overwritten by the results it is meant to
+        # guard would make the next `invbench compare` compare the runs with themselves
+        raise ConfigError(f"{args.save_baseline} exists; save the baseline to another path, or pass --force "
+                          f"to overwrite it")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CorruptRecordWarning)
         results = load_runs(root, include_unfinished=args.include_unfinished)
@@ -50,7 +62,16 @@ def main(args: argparse.Namespace) -> int:
         # an empty leaderboard (or baseline) from a mistyped folder would pass for a result
         raise ConfigError(f"no run directories under {root} (a run directory holds spec.json; "
                           f"`invbench sweep launch` or `invbench run` writes them)")
-    board = build_leaderboard(results, get_strategy(args.selection))
+    selection = args.selection
+    if selection is None:
+        selection, why = default_selection(results)
+        print(f"invbench: selection {selection}: {why} (--selection picks another)", file=sys.stderr)
+    board = build_leaderboard(results, get_strategy(selection))
+    if board.per_trial.empty and not results.runs.empty:
+        other = instead(results, selection)
+        if other is not None:
+            raise ConfigError(f"selection {selection} gives no value for any cell ({why_empty(board)}); "
+                              f"use --selection {other}")
     from invbench.results.render import render
 
     sys.stdout.write(render(board, args.format))

@@ -21,10 +21,12 @@ def register(sub) -> None:
 def main(args: argparse.Namespace) -> int:
     from invbench.sweep import launcher
     from invbench.sweep.config import apply_overrides, load_sweep, shipped_sweeps
+    from invbench.sweep.remembered import remember
 
-    config = apply_overrides(load_sweep(shipped_sweeps()["demo"]), out=args.out, executor="local",
-                             workers=args.workers)
-    code = launcher.launch(config)
+    flags = {"out": args.out, "executor": "local", "workers": args.workers}
+    config = apply_overrides(load_sweep(shipped_sweeps()["demo"]), **flags)
+    # kept with the runs: `invbench sweep status OUT` follows the demo's sweep
+    code = launcher.launch(config, before_submit=lambda: remember(config, flags))
     # The leaderboard at the last checkpoint (the IRM paper's SEM protocol reports the
     # final model), with the HTML report and plots beside the runs.
     from invbench.results.report import demo_summary

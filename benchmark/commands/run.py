@@ -1,9 +1,14 @@
-"""invbench run: train one spec and write its run directory."""
+"""invbench run: train one spec and write its run directory.
+
+stdout: the run directory (alone with --quiet). stderr: progress, then the run's final
+scores, also when the run was already done.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from invbench.commands.common import add_spec_arguments, spec_from_args
 
@@ -17,10 +22,46 @@ def register(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from invbench.rundir import DONE
     from invbench.runner import run
 
     spec = spec_from_args(args)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+    already_done = (Path(args.out) / spec.dirname / DONE).exists()
     run_dir = run(spec, args.out, log=log)
-    print(run_dir)
+    print(run_dir, flush=True)
+    if not args.quiet:
+        if already_done:
+            print(f"{run_dir.name} was already done (its done.json is there); nothing was trained", file=sys.stderr)
+        print(final_scores(run_dir), file=sys.stderr)
     return 0
+
+
+def final_scores(run_dir: Path) -> str:
+    """The last record's scores per environment and split, and its extra metrics, as a table."""
+    from invbench.io import iter_jsonl, read_json
+    from invbench.metrics import metric, score_metric
+    from invbench.results.load import source_label
+    from invbench.rundir import DATASET, METRICS
+
+    meta = read_json(run_dir / DATASET)
+    records = [record for _, record, _ in iter_jsonl(run_dir / METRICS) if isinstance(record, dict)]
+    if not records:
+        return "no evaluation records"
+    last = records[-1]
+    score = score_metric(meta["task"])
+    names = list(meta["env_names"])
+    tests = {names[i] for i in meta.get("test_envs", [])}
+    splits = [s for s in ("train", "val", "test") if any(s in last["envs"].get(e, {}) for e in names)]
+    rows = [["environment", "role", *(f"{split} split" for split in splits)]]
+    for env in names:
+        values = last["envs"].get(env, {})
+        rows.append([env, "test" if env in tests else "train",
+                     *(score.format(values[s][score.name]) if score.name in values.get(s, {}) else "" for s in splits)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"final scores at step {last['step']} ({source_label(meta['source'])}), {score.heading}:"]
+    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    extras = last.get("extra") or {}
+    if extras:
+        lines.append("  " + ", ".join(f"{name} {metric(name).format(value)}" for name, value in extras.items()))
+    return "\n".join(lines)

@@ -7,8 +7,9 @@ mean +- SE over trials) and the number of trials in every row and, when it diffe
 every cell. The average and the worst are computed per trial and only over trials
 that have a value in every environment column, so they never mix trial sets.
 
-A cell with no value says why: "no runs", "runs unfinished (k)", "needs runs that were
-not launched ...", "no val split ...", or another strategy's reason.
+A cell with no value says why: "no runs", "diverged (k run(s): the loss became
+non-finite)", "failed (k run(s) ...)", "runs unfinished (k)", "needs runs that were not
+launched ...", "no val split ...", or another strategy's reason.
 
 Which test-environment sets are reported: every single-environment set, and a set of
 several environments only when one of its environments has no single-environment runs
@@ -22,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from invbench.metrics import ACCURACY, metric as metric_meaning
 from invbench.results.load import Results
 from invbench.results.selection import TRAIN_ENVS, Missing, SelectionStrategy, candidates_from
 
@@ -34,7 +36,7 @@ class Cell:
     se: float | None = None  # None when n < 2
     n: int = 0
     note: str = ""  # why the cell is empty, or what is partial about it
-    metric: str = "acc"  # acc values are fractions; renderers show percent
+    metric: str = ACCURACY.name  # its meaning (display scale, direction) is invbench.metrics.metric(metric)
 
 
 @dataclass
@@ -49,8 +51,7 @@ class Table:
 
     @property
     def title(self) -> str:
-        what = "test accuracy (%)" if self.metric == "acc" else "test MSE (lower is better)"
-        return f"{self.dataset}, source {self.source}, {what}"
+        return f"{self.dataset}, source {self.source}, test {metric_meaning(self.metric).heading}"
 
 
 @dataclass
@@ -99,10 +100,15 @@ def build_leaderboard(results: Results, strategy: SelectionStrategy) -> Leaderbo
     for dataset, source in sorted(groups):
         sub = runs[(runs["dataset"] == dataset) & (runs["source"] == source)]
         env_order = list(sub["env_names"].iloc[0]) if len(sub) else []
-        metric = sub["score"].iloc[0] if len(sub) else "acc"
+        metric = sub["score"].iloc[0] if len(sub) else ACCURACY.name
         test_sets = set(map(tuple, sub["test_envs"]))
-        unfinished_here = {(m, t): k for (d, s, m, t), k in results.unfinished_cells.items()
-                           if d == dataset and (s == source or s is None)}
+        unfinished_here: dict[tuple, dict[str, int]] = {}
+        for (d, s, m, t), k in results.unfinished_cells.items():
+            if d == dataset and (s == source or s is None):
+                why = results.unfinished_why.get((d, s, m, t), {"unfinished": k})
+                here = unfinished_here.setdefault((m, t), {})
+                for kind, n in why.items():
+                    here[kind] = here.get(kind, 0) + n
         test_sets |= {t for (_, t) in unfinished_here}
         reported = _reported_sets(test_sets, env_order)
         env_columns = [(t, e, column_label(t, e)) for t in reported for e in t]
@@ -136,11 +142,11 @@ def build_leaderboard(results: Results, strategy: SelectionStrategy) -> Leaderbo
                         per_trial_rows.append({"dataset": dataset, "source": source, "method": method,
                                                "column": f"{name} ({label})", "metric": name, "trial": trial,
                                                "value": value, "run": choice.run, "step": choice.step})
-                cells[label] = _cell(values, reasons, metric, unfinished_here.get((method, test_envs), 0))
+                cells[label] = _cell(values, reasons, metric, unfinished_here.get((method, test_envs), {}))
             if len(env_columns) >= 2:
                 labels = [label for _, _, label in env_columns]
                 complete = [t for t in trials if all(label in by_trial[t] for label in labels)]
-                worst = min if metric == "acc" else max
+                worst = min if metric_meaning(metric).higher_is_better else max
                 if complete:
                     note = "" if len(complete) == len(trials) else \
                         f"over the {len(complete)} trial(s) with every environment"
@@ -168,19 +174,34 @@ def build_leaderboard(results: Results, strategy: SelectionStrategy) -> Leaderbo
     return Leaderboard(strategy.name, strategy.title, tables, per_trial, results.summary(), notes)
 
 
-def _cell(values: list[float], reasons: list[str], metric: str, unfinished: int) -> Cell:
+# Why a cell's runs were left out, in the order its note names them: the note of a cell
+# without a value, and of a cell whose value lacks those runs.
+LEFT_OUT_EMPTY = {"diverged": "diverged ({n} run(s): the loss became non-finite)",
+                  "failed": "failed ({n} run(s): see their error.json)",
+                  "unfinished": "runs unfinished ({n})"}
+LEFT_OUT_PARTIAL = {"diverged": "{n} diverged run(s) left out (the loss became non-finite)",
+                    "failed": "{n} failed run(s) left out",
+                    "unfinished": "{n} unfinished run(s) left out"}
+
+
+def _left_out(why: dict[str, int], texts: dict[str, str]) -> str:
+    return "; ".join(text.format(n=why[kind]) for kind, text in texts.items() if why.get(kind))
+
+
+def _cell(values: list[float], reasons: list[str], metric: str, why: dict[str, int]) -> Cell:
+    """``why``: the cell's runs left out as unfinished, by kind (diverged, failed, unfinished)."""
     if values:
         mean, se = mean_se(values)
         note = ""
         if reasons:
             note = f"{len(reasons)} trial(s) without a value: {'; '.join(sorted(set(reasons)))}"
-        elif unfinished:
-            note = f"{unfinished} unfinished run(s) left out"
+        elif why:
+            note = _left_out(why, LEFT_OUT_PARTIAL)
         return Cell(mean, se, len(values), note, metric)
     if reasons:
         return Cell(note="; ".join(sorted(set(reasons))), metric=metric)
-    if unfinished:
-        return Cell(note=f"runs unfinished ({unfinished})", metric=metric)
+    if why:
+        return Cell(note=_left_out(why, LEFT_OUT_EMPTY), metric=metric)
     return Cell(note="no runs", metric=metric)
 
 

@@ -6,11 +6,15 @@ or an extra metric, one value per trial. For each cell present on both sides:
   SE     = sqrt(s_b^2 / n_b + s_c^2 / n_c) (Welch's standard error of the difference),
   p      = Welch's two-sided t-test over trials (scipy.stats.ttest_ind, equal_var=False;
            Welch 1947, "The generalization of Student's problem ...").
-A cell regresses when it got worse (accuracy down; MSE and the extra error metrics up) by
-more than ``threshold`` in display units (accuracy in percentage points, other metrics in
-their own units) with p < ``alpha``. Fewer than two trials on a side gives no p-value, so
-no regression can be claimed there; identical constant values give p = 1, a constant
-shift with zero variance p = 0.
+What a metric means (its display units, which way is better, its default threshold) comes
+from invbench.metrics. Verdicts:
+  unchanged   the means are equal within floating-point tolerance, or p >= ``alpha``;
+  untested    a side has fewer than two trials: no p-value, so no claim either way;
+  better, worse  significant (p < ``alpha``), in the metric's direction;
+  regression  significantly worse by more than the metric's threshold (accuracy in
+              percentage points, the error metrics in percent of the baseline's mean);
+  changed     significant, for a metric without a declared direction.
+Identical constant values give p = 1, a constant shift with zero variance p = 0.
 
 Baseline file format (stable; written by ``invbench collect DIR --save-baseline FILE``):
 CSV with the header BASELINE_COLUMNS, one line per (cell, trial); ``value`` is the raw
@@ -23,18 +27,21 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from invbench.metrics import Metric, metric
 from invbench.results.selection import TRAIN_ENVS
 
 BASELINE_COLUMNS = ["dataset", "source", "selection", "method", "column", "metric", "trial", "value", "run", "step"]
 KEY = ["dataset", "source", "method", "column", "metric"]
 
 
-def higher_is_better(metric: str) -> bool:
-    return metric == "acc"
+VERDICTS = ("regression", "worse", "better", "changed", "unchanged", "untested")
+# Means this close are equal: the runs compute in float32 (about 7 significant digits), so a
+# relative difference below a millionth is rounding, not a change.
+REL_TOL, ABS_TOL = 1e-6, 1e-12
 
 
-def display_scale(metric: str) -> float:
-    return 100.0 if metric == "acc" else 1.0
+def same(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)
 
 
 def per_trial_values(source: Path | str, selection: str, include_unfinished: bool = False):
@@ -67,6 +74,17 @@ def per_trial_values(source: Path | str, selection: str, include_unfinished: boo
     return chosen[BASELINE_COLUMNS]
 
 
+def baseline_selections(path: Path | str) -> list[str]:
+    """The selections a baseline CSV holds values for ([] when it cannot be read)."""
+    import csv
+
+    try:
+        with open(path, newline="") as handle:
+            return sorted({row.get("selection") or "" for row in csv.DictReader(handle)} - {""})
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
 def save_baseline(frame, path: Path | str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     frame[BASELINE_COLUMNS].to_csv(path, index=False, lineterminator="\n", float_format="%.17g")
@@ -82,7 +100,7 @@ class CellComparison:
     change: float  # current - baseline, display units
     se: float  # display units (nan when a side has < 2 trials)
     p: float  # nan when it cannot be computed
-    verdict: str  # "regression", "worse", "better", "same"
+    verdict: str  # one of VERDICTS
 
 
 def welch(base: list[float], cur: list[float]) -> tuple[float, float]:
@@ -93,46 +111,86 @@ def welch(base: list[float], cur: list[float]) -> tuple[float, float]:
         return math.nan, math.nan
     var = lambda xs: sum((x - sum(xs) / len(xs)) ** 2 for x in xs) / (len(xs) - 1)
     se = math.sqrt(var(base) / len(base) + var(cur) / len(cur))
-    diff = sum(cur) / len(cur) - sum(base) / len(base)
     if se == 0.0:
-        return 0.0, (1.0 if diff == 0 else 0.0)
+        return 0.0, (1.0 if same(sum(cur) / len(cur), sum(base) / len(base)) else 0.0)
     return se, float(stats.ttest_ind(cur, base, equal_var=False).pvalue)
 
 
-def compare_frames(base, cur, threshold: float = 1.0, alpha: float = 0.05):
+def thresholds_for(metrics, threshold=None) -> dict[str, float]:
+    """Each metric's regression threshold: its default, replaced by ``threshold`` (one number
+    for every metric, in each metric's own threshold unit) or by a {metric: value} mapping
+    (the key None: every metric not named)."""
+    out = {name: metric(name).threshold for name in metrics}
+    if isinstance(threshold, dict):
+        every = threshold.get(None)
+        out = {name: float(threshold.get(name, out[name] if every is None else every)) for name in out}
+    elif threshold is not None:
+        out = {name: float(threshold) for name in out}
+    return out
+
+
+def verdict(meaning: Metric, base: list[float], cur: list[float], p: float, threshold: float, alpha: float) -> str:
+    """The verdict of one cell; ``base`` and ``cur`` in display units."""
+    base_mean, cur_mean = sum(base) / len(base), sum(cur) / len(cur)
+    if same(base_mean, cur_mean):
+        return "unchanged"
+    if p != p:
+        return "untested"
+    if p >= alpha:
+        return "unchanged"
+    worse_by = meaning.worse_by(cur_mean - base_mean)
+    if worse_by is None:
+        return "changed"
+    if worse_by < 0:
+        return "better"
+    limit = threshold * abs(base_mean) / 100 if meaning.relative else threshold
+    return "regression" if worse_by > limit else "worse"
+
+
+def compare_frames(base, cur, threshold=None, alpha: float = 0.05):
     """Compare two per-trial frames; returns (comparisons, only_in_baseline, only_in_current).
 
-    The training environments' score is left out: it describes a run, and an invariance
-    method may rightly give some of it up; regression tracking guards the test numbers.
+    ``threshold``: None (each metric's default), a number for every metric, or a mapping
+    {metric: value}; see ``thresholds_for``. The training environments' score is left
+    out: it describes a run, and an invariance method may rightly give some of it up;
+    regression tracking guards the test numbers.
     """
     base, cur = base[base["metric"] != TRAIN_ENVS], cur[cur["metric"] != TRAIN_ENVS]
     b = {k: list(g["value"]) for k, g in base.groupby(KEY, sort=True)}
     c = {k: list(g["value"]) for k, g in cur.groupby(KEY, sort=True)}
+    limits = thresholds_for({key[-1] for key in b}, threshold)
     out = []
     for key in sorted(set(b) & set(c)):
-        scale = display_scale(key[-1])
-        bs, cs = [v * scale for v in b[key]], [v * scale for v in c[key]]
+        meaning = metric(key[-1])
+        bs, cs = [meaning.display(v) for v in b[key]], [meaning.display(v) for v in c[key]]
         se, p = welch(bs, cs)
         change = sum(cs) / len(cs) - sum(bs) / len(bs)
-        worse_by = -change if higher_is_better(key[-1]) else change
-        if worse_by > threshold and p == p and p < alpha:
-            verdict = "regression"
-        elif worse_by > 0:
-            verdict = "worse"
-        elif worse_by < 0:
-            verdict = "better"
-        else:
-            verdict = "same"
-        out.append(CellComparison(key, len(bs), len(cs), sum(bs) / len(bs), sum(cs) / len(cs), change, se, p, verdict))
+        out.append(CellComparison(key, len(bs), len(cs), sum(bs) / len(bs), sum(cs) / len(cs), change, se, p,
+                                  verdict(meaning, bs, cs, p, limits[key[-1]], alpha)))
     return out, sorted(set(b) - set(c)), sorted(set(c) - set(b))
+
+
+def rule_text(metrics, threshold, alpha: float) -> str:
+    """The regression rule for the metrics compared, in their own units, as one line."""
+    limits = thresholds_for(sorted(set(metrics)), threshold)
+    parts = [metric(name).threshold_text(value) for name, value in limits.items()
+             if metric(name).higher_is_better is not None]
+    undirected = [name for name in limits if metric(name).higher_is_better is None]
+    text = (f"Regression: worse than the baseline by more than {' or '.join(parts)}, with Welch p < {alpha:g}"
+            if parts else "Regression: none possible (no compared metric has a direction)")
+    if undirected:
+        text += f"; {', '.join(undirected)}: no direction known, a significant change reads 'changed'"
+    return text + f". Equal means, or p >= {alpha:g}, read 'unchanged'."
 
 
 def _num(x: float, spec: str = ".3g") -> str:
     return "n/a" if x != x else format(x, spec)
 
 
-def comparison_markdown(comparisons, only_base, only_cur, threshold: float, alpha: float) -> str:
-    lines = [f"Regression: worse by more than {threshold:g} (accuracy in points) with Welch p < {alpha:g}.", "",
+def comparison_markdown(comparisons, only_base, only_cur, threshold, alpha: float) -> str:
+    """``threshold`` as for ``compare_frames``; baseline, current, change and SE in display
+    units (accuracy in percent)."""
+    lines = [rule_text([c.key[-1] for c in comparisons], threshold, alpha), "",
              "| dataset | source | method | column | metric | n base/cur | baseline | current | change | SE | p | verdict |",
              "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for c in comparisons:

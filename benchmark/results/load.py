@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from invbench.io import iter_jsonl, read_json
+from invbench.metrics import SCORE_METRIC
 
-from invbench.rundir import DATASET, METRICS, SPEC, run_status
+from invbench.rundir import DATASET, ERROR, METRICS, SPEC, run_status
 
 # Columns describing a run, repeated on each of its rows.
 RUN_COLUMNS = ["run", "run_id", "dataset", "options", "source", "method", "config", "hparams_seed", "trial",
@@ -51,6 +52,9 @@ class Results:
     # Runs left out as unfinished, per cell key (dataset, source, method, test_envs):
     # lets a missing cell say "runs unfinished" instead of "no runs".
     unfinished_cells: dict[tuple, int] = field(default_factory=dict)
+    # The same runs per cell key by why they are unfinished: "diverged" (the loss became
+    # non-finite), "failed" (another error) or "unfinished" (running, or killed).
+    unfinished_why: dict[tuple, dict[str, int]] = field(default_factory=dict)
 
     @property
     def n_unfinished(self) -> int:
@@ -160,16 +164,32 @@ def load_runs(root: Path | str, include_unfinished: bool = False) -> Results:
         for step_row in _value_rows(run_dir / METRICS, skipped):
             value_rows.append({**row, **step_row})
     unfinished_cells: dict[tuple, int] = {}
+    unfinished_why: dict[tuple, dict[str, int]] = {}
     for run_dir, spec, meta, status in pending:
         names = meta["env_names"] if meta else None
         tests = tuple(names[i] for i in spec.get("test_envs", ())) if names else tuple(map(str, spec.get("test_envs", ())))
         key = (_label(spec, labels), source_label(meta["source"]) if meta else None, spec["method"], tests)
         unfinished_cells[key] = unfinished_cells.get(key, 0) + 1
+        why = unfinished_why.setdefault(key, {})
+        kind = _unfinished_kind(run_dir, status)
+        why[kind] = why.get(kind, 0) + 1
 
     runs = pd.DataFrame(run_rows, columns=RUN_COLUMNS + ["path"])
     records = pd.DataFrame(value_rows, columns=RUN_COLUMNS + VALUE_COLUMNS)
     return Results(records=records, runs=runs, unfinished={k: sorted(v) for k, v in unfinished.items()},
-                   unreadable=unreadable, skipped_lines=skipped, unfinished_cells=unfinished_cells)
+                   unreadable=unreadable, skipped_lines=skipped, unfinished_cells=unfinished_cells,
+                   unfinished_why=unfinished_why)
+
+
+def _unfinished_kind(run_dir: Path, status: str) -> str:
+    """diverged (the runner's FloatingPointError: the loss became non-finite), failed, or unfinished."""
+    if status != "failed":
+        return "unfinished"
+    try:
+        error = read_json(run_dir / ERROR)
+    except (OSError, ValueError):
+        return "failed"
+    return "diverged" if isinstance(error, dict) and error.get("type") == "FloatingPointError" else "failed"
 
 
 def _label(spec: dict, labels: dict) -> str:
@@ -195,7 +215,7 @@ def _run_row(run_dir: Path, root: Path, spec: dict, meta: dict, status: str, lab
         "train_envs": tuple(names[i] for i in meta["train_envs"]),
         "env_names": tuple(names),
         "task": meta["task"],
-        "score": "mse" if meta["task"] == "regression" else "acc",
+        "score": SCORE_METRIC[meta["task"]],
         "status": status,
     }
 

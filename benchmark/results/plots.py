@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from invbench.metrics import metric
+
 
 def _pyplot():
     import matplotlib
@@ -30,8 +32,7 @@ def _scores(board, table):
     frame = board.per_trial
     sub = frame[(frame["dataset"] == table.dataset) & (frame["source"] == table.source)
                 & (frame["metric"] == table.metric)].copy()
-    if table.metric == "acc":
-        sub["value"] = sub["value"] * 100
+    sub["value"] = sub["value"] * metric(table.metric).scale
     return sub
 
 
@@ -46,7 +47,7 @@ def env_bars(board, table):
     sns.barplot(data=data, x="column", y="value", hue="method", order=envs, errorbar="se", ax=ax,
                 hue_order=sorted(data["method"].unique()), capsize=0.1)
     ax.set_xlabel("test environment")
-    ax.set_ylabel("accuracy (%)" if table.metric == "acc" else "MSE")
+    ax.set_ylabel(metric(table.metric).label)
     ax.set_title(f"{table.dataset} ({board.selection_title})", fontsize=10)
     ax.legend(title="method", fontsize=8)
     fig.tight_layout()
@@ -62,8 +63,11 @@ def heatmap(board, table):
     envs = [c for c in table.columns if c in set(data["column"])]
     grid = data.pivot_table(index="method", columns="column", values="value", aggfunc="mean").reindex(columns=envs)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(envs) + 2.5), 0.6 * len(grid) + 1.6))
-    sns.heatmap(grid, annot=True, fmt=".1f" if table.metric == "acc" else ".3g", cmap="viridis" if table.metric == "acc" else "viridis_r",
-                cbar_kws={"label": "accuracy (%)" if table.metric == "acc" else "MSE"}, ax=ax)
+    meaning = metric(table.metric)
+    # the colour map runs from bad (dark) to good (bright) whichever way is better
+    sns.heatmap(grid, annot=True, fmt=meaning.digits,
+                cmap="viridis" if meaning.higher_is_better is not False else "viridis_r",
+                cbar_kws={"label": meaning.label}, ax=ax)
     ax.set_xlabel("test environment")
     ax.set_ylabel("method")
     ax.set_title(f"{table.dataset} ({board.selection_title})", fontsize=10)
@@ -83,15 +87,14 @@ def curves(board, table, records):
     evals = sub[(sub["kind"] == "eval") & (sub["metric"] == table.metric) & (sub["split"] == "train")].copy()
     evals["role"] = [("test env" if env in tests else "training envs") for env, tests in zip(evals["env"], evals["test_envs"])]
     evals = evals.groupby(["method", "run", "step", "role"], as_index=False)["value"].mean()
-    if table.metric == "acc":
-        evals["value"] = evals["value"] * 100
+    evals["value"] = evals["value"] * metric(table.metric).scale
     penalty = sub[(sub["kind"] == "train") & (sub["metric"] == "penalty")]
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.6))
     if len(evals):
         sns.lineplot(data=evals, x="step", y="value", hue="method", style="role", errorbar="se", ax=axes[0],
                      hue_order=sorted(evals["method"].unique()))
         axes[0].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    axes[0].set_ylabel("accuracy (%)" if table.metric == "acc" else "MSE")
+    axes[0].set_ylabel(metric(table.metric).label)
     axes[0].set_title("score ('train' split)", fontsize=10)
     if len(penalty):
         sns.lineplot(data=penalty, x="step", y="value", hue="method", errorbar="se", ax=axes[1],

@@ -1,7 +1,8 @@
 """Leaderboards as Markdown, LaTeX (booktabs), CSV and HTML. Nothing is truncated.
 
-Cell text: accuracy in percent with one decimal, "mean ± SE" (the SE is left out for a
-single trial); MSE and extra metrics with 4 significant digits. A cell whose number of
+Cell text: "mean ± SE" in the metric's display units and digits (invbench.metrics: accuracy
+in percent with one decimal, MSE and the extra metrics with 4 significant digits); the SE
+is left out for a single trial. A cell whose number of
 trials differs from its row's says "(n=k)". A cell with a caveat, and an empty cell ("n/a"),
 get a numbered note under the table that says why; a reason shared by cells is one note.
 """
@@ -13,17 +14,17 @@ import html
 import io
 import re
 
+from invbench.metrics import metric
 from invbench.results.aggregate import Cell, Leaderboard, Table
 
 FORMATS = ("md", "latex", "csv", "html")
 
 
 def format_value(cell: Cell, plus_minus: str = "±") -> str:
-    scale, spec = (100.0, ".1f") if cell.metric == "acc" else (1.0, ".4g")
-    text = format(cell.mean * scale, spec)
+    meaning = metric(cell.metric)
+    text = meaning.format(cell.mean)
     if cell.se is not None:
-        se_spec = ".1f" if cell.metric == "acc" else ".2g"
-        text += f" {plus_minus} {format(cell.se * scale, se_spec)}"
+        text += f" {plus_minus} {format(meaning.display(cell.se), meaning.se_digits)}"
     return text
 
 
@@ -44,7 +45,7 @@ def _cells(table: Table, plus_minus: str = "±") -> tuple[list[str], list[list[s
     for method, (trials, cells) in sorted(table.rows.items()):
         row = [method, str(trials)]
         for column in table.columns:
-            cell = cells.get(column, Cell(note="no runs", metric=table.metric))
+            cell = cells.get(column) or _absent(cells, table.metric)
             if cell.mean is None:
                 row.append(f"n/a [{note_number(f'n/a: {cell.note}')}]")
                 continue
@@ -56,6 +57,13 @@ def _cells(table: Table, plus_minus: str = "±") -> tuple[list[str], list[list[s
             row.append(text)
         rows.append(row)
     return header, rows, notes
+
+
+def _absent(cells: dict[str, Cell], metric: str) -> Cell:
+    """A column a row has no cell in (an extra metric of runs that gave no value): it is
+    empty for the reason the row's empty cells give (diverged, no val split ...)."""
+    why = next((c.note for c in cells.values() if c.mean is None and c.note), "no runs")
+    return Cell(note=why, metric=metric)
 
 
 def _preamble(board: Leaderboard) -> list[str]:
@@ -128,7 +136,7 @@ def to_csv(board: Leaderboard) -> str:
     for table in board.tables:
         for method, (trials, cells) in sorted(table.rows.items()):
             for column in table.columns:
-                cell = cells.get(column, Cell(note="no runs", metric=table.metric))
+                cell = cells.get(column) or _absent(cells, table.metric)
                 writer.writerow([table.dataset, table.source, board.selection, method, trials, column, cell.metric,
                                  "" if cell.mean is None else repr(cell.mean),
                                  "" if cell.se is None else repr(cell.se), cell.n, cell.note])

@@ -257,6 +257,8 @@ def get_strategy(name: str) -> SelectionStrategy:
 
 def candidates_from(results) -> dict[tuple, list[Candidate]]:
     """(dataset, source, method, trial) -> that trial's runs, from a loaded Results."""
+    from invbench.metrics import metric
+
     records = results.records
     out: dict[tuple, list[Candidate]] = {}
     if records.empty:
@@ -276,6 +278,6 @@ def candidates_from(results) -> dict[tuple, list[Candidate]]:
         ex = ex.pivot_table(index="step", columns="metric", values="value", aggfunc="last") if ex is not None else None
         candidate = Candidate(run=row.run, config=row.config, hparams_seed=row.hparams_seed,
                               test_envs=tuple(row.test_envs), train_envs=tuple(row.train_envs),
-                              higher_is_better=row.score != "mse", scores=scores.sort_index(), extras=ex)
+                              higher_is_better=metric(row.score).higher_is_better is not False, scores=scores.sort_index(), extras=ex)
         out.setdefault((row.dataset, row.source, row.method, row.trial), []).append(candidate)
     return out

@@ -1,33 +1,38 @@
 """launch, status, retry and cancel over a sweep's runs.
 
-``launch`` starts only what is neither done, queued, running nor failed; run it again at any
-time: it reattaches to what is alive and never starts a run twice (a run's lock is a second
-guard should two launchers race). Failed runs wait for ``retry``, since a run that raised
-usually raises again until something is fixed; ``retry`` starts failed and stale runs only.
-Everything is validated before anything is submitted.
+``launch`` starts only what is neither done, queued, running nor failed (so it resumes stale
+and cancelled runs); run it again at any time: it reattaches to what is alive and never
+starts a run twice (a run's lock is a second guard should two launchers race). Failed runs
+wait for ``retry``, since a run that raised usually raises again until something is fixed;
+``retry`` starts failed, stale and cancelled runs only. Everything is validated before
+anything is submitted.
 """
 
 from __future__ import annotations
 
 import sys
 from collections import Counter
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from invbench.sweep.config import SweepConfig, check_local_device, expand, preflight
 from invbench.sweep.executors import executor_class
 from invbench.sweep.progress import eta_seconds, format_duration
-from invbench.sweep.state import (DONE_STATE, FAILED, NOT_LAUNCHED, QUEUED, RUNNING, STALE, STATES, RunState,
-                                   run_states)
+from invbench.sweep.state import (CANCELLED, DONE_STATE, FAILED, NOT_LAUNCHED, QUEUED, RUNNING, STALE, STATES,
+                                   RunState, job_order, mark_cancelled, run_states)
 
-LAUNCHABLE = {"launch": (NOT_LAUNCHED, STALE), "retry": (FAILED, STALE)}
+LAUNCHABLE = {"launch": (NOT_LAUNCHED, STALE, CANCELLED), "retry": (FAILED, STALE, CANCELLED)}
 
 
 def make_executor(config: SweepConfig):
     return executor_class(config.executor.kind)(config.executor, config.out_root, config.name)
 
 
-def launch(config: SweepConfig, *, mode: str = "launch", stream: TextIO | None = None) -> int:
-    """Start the sweep's launchable runs; 0 when nothing failed, 1 otherwise."""
+def launch(config: SweepConfig, *, mode: str = "launch", stream: TextIO | None = None,
+           before_submit: Callable[[], None] | None = None) -> int:
+    """Start the sweep's launchable runs; 0 when nothing failed, 1 otherwise.
+
+    ``before_submit`` runs once everything is validated, before anything is submitted (the
+    commands keep the launch's flags with the runs there)."""
     stream = stream or sys.stderr
     specs = expand(config)
     executor = make_executor(config)
@@ -36,6 +41,8 @@ def launch(config: SweepConfig, *, mode: str = "launch", stream: TextIO | None =
     states = run_states(specs, config.out_root)
     to_run = [s.spec for s in states if s.state in LAUNCHABLE[mode]]
     preflight(to_run)
+    if before_submit is not None:
+        before_submit()
     counts = Counter(s.state for s in states)
     print(f"sweep {config.name} ({config.out_root}): {len(specs)} runs; {_counts_line(counts)}", file=stream)
     if mode == "launch" and counts[FAILED]:
@@ -74,27 +81,34 @@ def status(config: SweepConfig) -> tuple[str, list[RunState]]:
 
 def render_status(config: SweepConfig, states: list[RunState]) -> str:
     counts = Counter(s.state for s in states)
+    # "cancelled" appears only once something was cancelled
+    shown = [state for state in STATES if state != CANCELLED or counts[CANCELLED]]
     used = sorted({s.executor for s in states if s.executor}) or [config.executor.kind]
     lines = [f"sweep {config.name} ({config.out_root}): {len(states)} runs, executor {', '.join(used)}"]
-    lines.append("  " + "  ".join(f"{state}: {counts[state]}" for state in STATES))
+    lines.append("  " + "  ".join(f"{state}: {counts[state]}" for state in shown))
     groups: dict[tuple[str, str], Counter] = {}
     for s in states:
         groups.setdefault((s.spec.dataset, s.spec.method), Counter())[s.state] += 1
-    header = ["dataset", "method", *STATES]
-    rows = [[d, m, *(str(c[state]) for state in STATES)] for (d, m), c in groups.items()]
+    header = ["dataset", "method", *shown]
+    rows = [[d, m, *(str(c[state]) for state in shown)] for (d, m), c in groups.items()]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines.append("")
     for row in [header, *rows]:
         lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     walls = [s.wall_time for s in states if s.state == DONE_STATE and s.wall_time is not None]
-    remaining = len(states) - counts[DONE_STATE] - counts[FAILED]
-    parallel = max(counts[RUNNING], 1)
-    eta = eta_seconds(walls, remaining, parallel)
     percent = 100.0 * counts[DONE_STATE] / max(len(states), 1)
     mean = f"; mean run {format_duration(sum(walls) / len(walls))}" if walls else ""
+    progress = f"progress: {counts[DONE_STATE]}/{len(states)} done ({percent:.0f}%){mean}"
     lines.append("")
-    lines.append(f"progress: {counts[DONE_STATE]}/{len(states)} done ({percent:.0f}%){mean}; "
-                 f"ETA {format_duration(eta)} at {parallel} run(s) at once")
+    if counts[CANCELLED] and not counts[QUEUED] and not counts[RUNNING]:
+        # nothing is on its way: an ETA would promise what nobody is running
+        lines.append(f"{progress}; {counts[CANCELLED]} cancelled: `invbench sweep launch` resumes them")
+    else:
+        remaining = len(states) - counts[DONE_STATE] - counts[FAILED] - counts[CANCELLED]
+        parallel = max(counts[RUNNING], 1)
+        eta = eta_seconds(walls, remaining, parallel)
+        cancelled = f"; {counts[CANCELLED]} cancelled" if counts[CANCELLED] else ""
+        lines.append(f"{progress}{cancelled}; ETA {format_duration(eta)} at {parallel} run(s) at once")
     for state in (FAILED, STALE):
         chosen = [s for s in states if s.state == state]
         if not chosen:
@@ -107,25 +121,33 @@ def render_status(config: SweepConfig, states: list[RunState]) -> str:
             lines += ["      " + line for line in s.tail.splitlines()]
     active = [s for s in states if s.state in (QUEUED, RUNNING) and s.job_id]
     if active:
-        jobs = sorted({f"{s.executor} {s.job_id}" for s in active})
+        jobs = [f"{kind} {job_id}" for kind, job_id in
+                sorted({(s.executor, s.job_id) for s in active}, key=lambda k: (k[0] or "", job_order(k[1])))]
         lines.append("")
         lines.append(f"active jobs: {', '.join(jobs[:8])}{' ...' if len(jobs) > 8 else ''}")
     return "\n".join(lines)
 
 
 def cancel(config: SweepConfig) -> list[str]:
-    """Stop the sweep's queued and running runs (they become stale; `launch` resumes them)."""
+    """Stop the sweep's queued and running runs, in job-id order, and record the cancellation
+    in their launch.json: they read "cancelled", and `launch` resumes them."""
     specs = expand(config)
     states = run_states(specs, config.out_root)
     from invbench.sweep.state import read_launch
 
+    chosen = [s for s in states if s.state in (QUEUED, RUNNING) and s.executor]
     by_kind: dict[str, list[dict[str, Any]]] = {}
-    for s in states:
-        if s.state in (QUEUED, RUNNING) and s.executor:
-            launch = read_launch(s.run_dir)
-            if launch is not None:
-                by_kind.setdefault(s.executor, []).append(launch)
+    for s in sorted(chosen, key=lambda s: (s.executor, job_order(s.job_id or ""))):
+        launch = read_launch(s.run_dir)
+        if launch is not None:
+            by_kind.setdefault(s.executor, []).append(launch)
+    # recorded first: a run whose job is still alive reads queued or running whatever the
+    # record says, and one whose job is gone is never mistaken for stale in between
+    for s in chosen:
+        mark_cancelled(s.run_dir)
     messages = []
-    for kind, launches in by_kind.items():
-        messages += executor_class(kind).cancel(launches)
+    for kind in sorted(by_kind):
+        messages += executor_class(kind).cancel(by_kind[kind])
+    if chosen:
+        messages.append(f"{len(chosen)} run(s) cancelled; `invbench sweep launch` resumes them")
     return messages

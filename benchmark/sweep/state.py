@@ -9,7 +9,9 @@ States:
   failed        error.json newer than the latest submission (reason: the error and the last
                 lines of its traceback), or a SLURM job that ended badly (OUT_OF_MEMORY, ...)
   stale         submitted, yet nothing holds it any more: its worker or launcher died, or its
-                job was cancelled, without finishing. `launch` starts stale runs again.
+                job ended, without finishing. `launch` starts stale runs again.
+  cancelled     stopped by `invbench sweep cancel` (which records it in launch.json) and not
+                finished; `launch` starts cancelled runs again.
 
 launch.json (written atomically at submission) stores the executor, its job id and the
 submission time: the executor is asked whether that job is still alive.
@@ -17,6 +19,7 @@ submission time: the executor is asked whether that job is still alive.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +29,9 @@ from invbench.io import atomic_write_json, read_json
 from invbench.rundir import DONE, ERROR, STARTED, is_locked
 
 LAUNCH = "launch.json"
-NOT_LAUNCHED, QUEUED, RUNNING, DONE_STATE, FAILED, STALE = (
-    "not launched", "queued", "running", "done", "failed", "stale")
-STATES = (NOT_LAUNCHED, QUEUED, RUNNING, DONE_STATE, FAILED, STALE)
+NOT_LAUNCHED, QUEUED, RUNNING, DONE_STATE, FAILED, STALE, CANCELLED = (
+    "not launched", "queued", "running", "done", "failed", "stale", "cancelled")
+STATES = (NOT_LAUNCHED, QUEUED, RUNNING, DONE_STATE, FAILED, STALE, CANCELLED)
 TAIL_LINES = 6
 
 
@@ -57,6 +60,19 @@ class JobState:
 
 def write_launch(run_dir: Path, executor: str, job_id: str, **extra: Any) -> None:
     atomic_write_json(Path(run_dir) / LAUNCH, {"executor": executor, "job_id": job_id, "time": time.time(), **extra})
+
+
+def mark_cancelled(run_dir: Path, when: float | None = None) -> None:
+    """Record in launch.json that `invbench sweep cancel` stopped this submission (the next
+    submission writes a fresh launch.json, which forgets it)."""
+    launch = read_launch(run_dir)
+    if launch is not None:
+        atomic_write_json(Path(run_dir) / LAUNCH, {**launch, "cancelled": time.time() if when is None else when})
+
+
+def job_order(job_id: str) -> list:
+    """Sort key of job ids in numeric order: SLURM's 7_2 before 7_10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(job_id))]
 
 
 def read_launch(run_dir: Path) -> dict | None:
@@ -127,5 +143,13 @@ def classify(spec: Any, run_dir: Path, launch: dict | None, jobs: dict[tuple[str
         mine = str(started.get("job_id")) == job_id and started.get("time", 0) >= launch.get("time", 0)
         state = RUNNING if job.running and mine else QUEUED
         return RunState(spec, run_dir, state, executor=executor, job_id=job_id)
-    state = FAILED if job.failed else STALE
-    return RunState(spec, run_dir, state, job.reason, job.tail, executor, job_id)
+    if job.failed:
+        return RunState(spec, run_dir, FAILED, job.reason, job.tail, executor, job_id)
+    if "cancelled" in launch:
+        try:
+            when = " at " + time.strftime("%Y-%m-%d %H:%M", time.localtime(float(launch["cancelled"])))
+        except (TypeError, ValueError, OverflowError):
+            when = ""
+        return RunState(spec, run_dir, CANCELLED, f"cancelled by `invbench sweep cancel`{when}",
+                        executor=executor, job_id=job_id)
+    return RunState(spec, run_dir, STALE, job.reason, job.tail, executor, job_id)

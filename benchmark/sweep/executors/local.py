@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from invbench.sweep.executors.base import InProcessExecutor, LauncherLock
 from invbench.sweep.progress import Progress
 from invbench.sweep.state import write_launch
+from invbench.warn import forward_warnings, show as show_warning
 
 PR_SET_PDEATHSIG = 1
 
@@ -43,9 +44,26 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _start_quiet_resource_tracker() -> None:
+    """multiprocessing's resource tracker unlinks the queues' semaphores when the launcher dies
+    without doing so itself (SIGKILL, `sweep cancel`'s SIGTERM), and then warns of "leaked
+    semaphore objects": nothing is leaked, and a kill is how a sweep is stopped. The tracker
+    takes its -W options from sys.warnoptions when it starts: start it with that warning off."""
+    from multiprocessing import resource_tracker
+
+    option = "ignore:resource_tracker:UserWarning"
+    sys.warnoptions.append(option)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        sys.warnoptions.remove(option)
+
+
 def _worker(tasks: Any, results: Any, out_root: str, threads: int, job_id: str, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides what Ctrl-C does
+    # warnings go to the launcher, which shows each once (not once per worker, with source lines)
+    forward_warnings(lambda text: results.put(("warning", -1, 0.0, text)))
     import torch
 
     from invbench.runner import RunBusyError, RunFailedError, run
@@ -78,6 +96,7 @@ class LocalExecutor(InProcessExecutor):
         n_workers = min(default_workers(self.settings), len(specs))
         threads = default_threads(self.settings)
         ctx = mp.get_context("spawn")
+        _start_quiet_resource_tracker()
         tasks, results = ctx.Queue(), ctx.Queue()
         with LauncherLock(self.out_root) as lock:
             for spec in specs:
@@ -117,6 +136,9 @@ class LocalExecutor(InProcessExecutor):
                         except queue.Empty:
                             break
                     for kind, index, value, message in messages:
+                        if kind == "warning":
+                            show_warning(message)
+                            continue
                         if kind == "start":
                             running[index] = value
                             continue

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from invbench.errors import ConfigError
 from invbench.sweep.executors.base import Executor
-from invbench.sweep.state import JobState, write_launch
+from invbench.sweep.state import JobState, job_order, write_launch
 
 SUBMITIT_FOLDER = ".submitit"
 PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED",
@@ -40,7 +40,9 @@ class RunTask:
 
         from invbench.runner import RunBusyError, RunFailedError, run
         from invbench.spec import RunSpec
+        from invbench.warn import show_warnings_once
 
+        show_warnings_once()  # one line per message in the task's log, not one per run
         torch.set_num_threads(self.threads)
         failures, finished = [], []
         for data in self.specs:
@@ -146,7 +148,7 @@ class SlurmExecutor(Executor):
 
     @classmethod
     def cancel(cls, launches: Sequence[dict]) -> list[str]:
-        ids = sorted({str(launch["job_id"]) for launch in launches})
+        ids = sorted({str(launch["job_id"]) for launch in launches}, key=job_order)
         if not ids:
             return []
         subprocess.run(["scancel", *ids], check=True, capture_output=True, text=True)
