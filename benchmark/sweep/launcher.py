@@ -35,6 +35,14 @@ def launch(config: SweepConfig, *, mode: str = "launch", stream: TextIO | None =
     check_local_device(config)
     states = run_states(specs, config.out_root)
     to_run = [s.spec for s in states if s.state in LAUNCHABLE[mode]]
+    if mode == "launch":
+        from invbench.runner import done_on_other_data
+
+        redo = done_on_other_data([(s.spec, s.run_dir) for s in states if s.state == DONE_STATE])
+        if redo:
+            print(f"{len(redo)} done run(s) were trained on another data source than their data resolves to "
+                  "now: they run again (the old ones are set aside, not deleted)", file=stream)
+        to_run += redo
     preflight(to_run)
     counts = Counter(s.state for s in states)
     print(f"sweep {config.name} ({config.out_root}): {len(specs)} runs; {_counts_line(counts)}", file=stream)
