@@ -14,7 +14,7 @@ from idx_helpers import write_dataset
 from invbench.errors import DataUnavailableError
 from invbench.io import atomic_write_json
 from invbench.results.load import CorruptRecordWarning, load_runs
-from invbench.runner import CHECKPOINT, DONE, METRICS, SPEC, STARTED, TIMING, run
+from invbench.runner import CHECKPOINT, DONE, METRICS, SPEC, STARTED, run
 from invbench.spec import make_spec
 from invbench.sweep.state import DONE_STATE, STALE, run_states
 
