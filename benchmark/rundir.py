@@ -8,31 +8,105 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 from invbench.errors import InvbenchError
+from invbench.io import read_json
 
 SPEC, DATASET, STARTED, METRICS, TIMING, CHECKPOINT, DONE, ERROR, LOCK = (
     "spec.json", "dataset.json", "started.json", "metrics.jsonl", "timing.jsonl",
     "checkpoint.pt", "done.json", "error.json", "lock",
 )
+# Written only by the process that holds the run's lock.
+RUN_FILES = (SPEC, DATASET, STARTED, METRICS, TIMING, CHECKPOINT, DONE, ERROR)
+# What a done record must hold to count: without them it cannot say which run finished,
+# how far, or on which data.
+DONE_FIELDS = {"run_id": str, "steps": int, "source": dict}
+# What makes two data sources the same data (their location may differ).
+SOURCE_IDENTITY = ("name", "n_images")
+# The error type of a run whose loss became NaN or infinite: "diverged", not "failed".
+DIVERGED_ERROR = "FloatingPointError"
 
 
 class RunBusyError(InvbenchError):
     """Another process holds the run's lock: it is training this run right now."""
 
 
-def run_status(run_dir: Path) -> str:
-    """done, failed, started or missing: what the files say (the launcher adds liveness)."""
+def check_done(run_dir: Path, run_id: str | None) -> tuple[dict | None, str | None]:
+    """The one judge of done.json: (record, None) when it is valid, (None, None) when absent,
+    (None, why) when present but invalid (unreadable, not JSON, fields missing, or another
+    run's id). Only a valid record makes a run done; ``run_id`` None skips the id check."""
+    try:
+        record = read_json(Path(run_dir) / DONE)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+        return None, "not valid JSON"
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    missing = [key for key, kind in DONE_FIELDS.items()
+               if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool)]
+    if missing:
+        return None, f"lacks {', '.join(missing)}"
+    if run_id is not None and record["run_id"] != run_id:
+        return None, f"another run's (id {record['run_id'][:10]})"
+    return record, None
+
+
+def read_done(run_dir: Path, run_id: str | None) -> dict | None:
+    """The run's valid done record, or None (absent or invalid: see check_done)."""
+    return check_done(run_dir, run_id)[0]
+
+
+def spec_run_id(run_dir: Path) -> str | None:
+    """The run id that spec.json records, or None when it cannot be read."""
+    try:
+        spec = read_json(Path(run_dir) / SPEC)
+    except (OSError, ValueError):
+        return None
+    run_id = spec.get("run_id") if isinstance(spec, dict) else None
+    return run_id if isinstance(run_id, str) else None
+
+
+def read_error(run_dir: Path) -> dict | None:
+    try:
+        error = read_json(Path(run_dir) / ERROR)
+    except (OSError, ValueError):
+        return None
+    return error if isinstance(error, dict) else None
+
+
+def run_status(run_dir: Path, run_id: str | None = None) -> str:
+    """done, diverged, failed, started or missing: what the files say (the launcher adds
+    liveness). ``run_id`` defaults to spec.json's."""
     run_dir = Path(run_dir)
-    if (run_dir / DONE).exists():
+    if read_done(run_dir, run_id if run_id is not None else spec_run_id(run_dir)) is not None:
         return "done"
     if (run_dir / ERROR).exists():
-        return "failed"
+        error = read_error(run_dir) or {}
+        return "diverged" if error.get("type") == DIVERGED_ERROR else "failed"
     if (run_dir / STARTED).exists():
         return "started"
     return "missing"
+
+
+def set_aside(path: Path, label: str = "broken") -> Path:
+    """Rename ``path`` (a file or a whole run directory) to ``NAME.LABEL-TIME`` beside it and
+    return the new path: kept for a person to look at, never deleted, never read again."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for n in itertools.count():
+        target = path.with_name(f"{path.name}.{label}-{stamp}{f'.{n}' if n else ''}")
+        if not target.exists():
+            break
+    os.rename(path, target)
+    return target
 
 
 @contextlib.contextmanager
@@ -69,3 +143,9 @@ def lock_held(path: str | Path) -> bool:
 def is_locked(run_dir: Path) -> bool:
     """Whether a live process is training the run now (its lock is held)."""
     return lock_held(Path(run_dir) / LOCK)
+
+
+def same_source(recorded: Any, current: dict) -> bool:
+    """Whether a done run's data source is the one the data resolves to now: the same data
+    (name and number of images; where it lives may move without changing a result)."""
+    return isinstance(recorded, dict) and all(recorded.get(key) == current.get(key) for key in SOURCE_IDENTITY)

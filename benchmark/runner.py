@@ -1,22 +1,27 @@
-"""Train one run spec and write its run directory.
+"""Train one run spec and write its run directory (the training itself: invbench.trainer).
 
 Files of a run directory:
   spec.json       the spec (with its id), written first
   dataset.json    the data source, environment names and sizes
-  started.json    pid, host, start time and executor job id of the latest attempt
+  started.json    pid, host, start time, executor job id, and how the latest attempt
+                  started ("start": fresh, resumed at a step, or restarted and why)
   metrics.jsonl   one line per evaluation; deterministic (no clocks), so that the same
                   spec on the same machine gives the same bytes
   timing.jsonl    wall time of each evaluation (kept apart: clocks are not reproducible)
   checkpoint.pt   model, optimizer, method state and step of the latest evaluation
-  done.json       written last, atomically: the run finished
+  done.json       written last, atomically: the run finished (rundir.check_done says when
+                  it counts), on which data source, and how its last attempt started
   error.json      the error and traceback of a failed attempt
   lock            held (fcntl.flock) by the one process training the run: a second process
                   for the same run gets RunBusyError instead of training it concurrently, and
                   a launcher tells a running run (lock held) from a stale one (its worker died)
 
-The record at step s describes the model after s updates (the IRM code's "step 500 of
-501" is our step 500). Training resumes from checkpoint.pt: records after the saved step
-are dropped first, so none repeats and none is missing.
+Resuming: an attempt resumes from checkpoint.pt only when metrics.jsonl holds every record
+up to the checkpoint's step (records after it are dropped, so none repeats); otherwise it
+starts over. A file that cannot be read (spec.json, checkpoint.pt, done.json) is renamed
+NAME.broken-TIME, never deleted, and the run goes on without it. A done run counts only
+for the data source it was trained on: when the data now resolves to another source, the
+old directory is set aside (DIR.data-SOURCE-TIME) and the run trained again.
 """
 
 from __future__ import annotations
@@ -25,285 +30,290 @@ import os
 import socket
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
-from invbench.data import TRAIN, Dataset
-from invbench.errors import ConfigError, InvbenchError
-from invbench.hparams import seed_hash
-from invbench.io import append_jsonl, atomic_write_bytes, atomic_write_json, iter_jsonl, read_json
-from invbench.method import Method
-from invbench.models import build_model
-from invbench.registry import DATASETS, METHODS
-from invbench.rundir import CHECKPOINT, DATASET, DONE, ERROR, METRICS, SPEC, STARTED, TIMING, run_lock
-# re-exported for callers of the runner (the executors catch RunBusyError from here, tests use
-# run_status); readers of run directories import them from invbench.rundir itself
-from invbench.rundir import LOCK, RunBusyError, is_locked, run_status  # noqa: F401
+from invbench.errors import InvbenchError
+from invbench.io import (append_jsonl, atomic_write_bytes, atomic_write_json, iter_jsonl, read_json,
+                         remove_stale_temporaries)
+from invbench.rundir import (CHECKPOINT, DATASET, DONE, ERROR, METRICS, RUN_FILES, SPEC, STARTED, TIMING,
+                             check_done, run_lock, same_source, set_aside)
 from invbench.spec import RunSpec
+from invbench.trainer import Trainer, build_dataset, evaluation_steps, resolve_device
+# Also imported from here, by the executors, the sweep's preflight and tests.
+from invbench.rundir import RunBusyError, run_status  # noqa: F401
+from invbench.trainer import MinibatchSampler, check_batch_sizes  # noqa: F401
 
-EVAL_CHUNK = 8192
+Log = Callable[[str], None]
+
+FRESH, RESUMED, RESTARTED = "fresh", "resumed", "restarted"
 
 
 class RunFailedError(RuntimeError):
-    """A run raised; its directory holds error.json with the traceback."""
+    """A run raised; its directory holds error.json with the traceback (when it could be written)."""
 
-    def __init__(self, run_dir: Path, message: str):
-        super().__init__(f"run {run_dir.name} failed: {message} (traceback in {run_dir / ERROR})")
+    def __init__(self, run_dir: Path, message: str, where: str | None = None):
+        where = where or f"traceback in {run_dir / ERROR}"
+        super().__init__(f"run {run_dir.name} failed: {message} ({where})")
         self.run_dir = run_dir
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} was asked for but CUDA is not available; use --device cpu or auto")
-        return torch.device(name)
-    raise ConfigError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N")
-
-
-def build_dataset(spec: RunSpec) -> Dataset:
-    family = DATASETS.get(spec.dataset)()
-    return family.build(spec.dataset_options, spec.trial, spec.holdout_fraction, spec.data_dir)
-
-
-def check_batch_sizes(dataset: Dataset, train_envs: Sequence[int], batch_size: int) -> None:
-    """An environment smaller than the batch is an error, never a hang."""
-    for index in train_envs:
-        env = dataset.envs[index]
-        if batch_size > env.size(TRAIN):
-            raise ConfigError(
-                f"environment {index} ({env.name}) has {env.size(TRAIN)} training examples, fewer than "
-                f"batch_size={batch_size}; use batch_size <= {env.size(TRAIN)} or 0 for full batch"
-            )
-
-
-class MinibatchSampler:
-    """Stateless: the batch of a step depends only on (seed, env, step), so resuming is exact.
-
-    Each epoch is a fresh seeded permutation of the environment; the last incomplete batch
-    of an epoch is dropped.
-    """
-
-    def __init__(self, dataset: Dataset, train_envs: Sequence[int], batch_size: int, seed: int):
-        self.envs = [dataset.envs[i] for i in train_envs]
-        self.batch_size = batch_size
-        self.seed = seed
-        self._perms: dict[tuple[int, int], torch.Tensor] = {}
-
-    def batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        out = []
-        for index, env in enumerate(self.envs):
-            x, y = env.splits[TRAIN]
-            if self.batch_size == 0:
-                out.append((x, y))
-                continue
-            per_epoch = len(y) // self.batch_size
-            epoch, position = divmod(step, per_epoch)
-            perm = self._perms.get((index, epoch))
-            if perm is None:
-                gen = torch.Generator().manual_seed(seed_hash("batches", self.seed, index, epoch))
-                perm = torch.randperm(len(y), generator=gen).to(y.device)
-                self._perms = {k: v for k, v in self._perms.items() if k[0] != index}
-                self._perms[(index, epoch)] = perm
-            rows = perm[position * self.batch_size:(position + 1) * self.batch_size]
-            out.append((x[rows], y[rows]))
-        return out
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: Dataset) -> dict[str, dict[str, dict[str, float]]]:
-    model.eval()
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for env in dataset.envs:
-        out[env.name] = {}
-        for split, (x, y) in env.splits.items():
-            totals: dict[str, float] = {}
-            for start in range(0, len(y), EVAL_CHUNK):
-                logits = model(x[start:start + EVAL_CHUNK])
-                for key, value in dataset.task.metrics(logits, y[start:start + EVAL_CHUNK]).items():
-                    totals[key] = totals.get(key, 0.0) + value
-            out[env.name][split] = {k: v / max(len(y), 1) for k, v in totals.items()}
-    model.train()
-    return out
-
-
-def make_optimizer(model: torch.nn.Module, hparams: dict) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.parameters(), lr=hparams["lr"], weight_decay=hparams["weight_decay"])
-
-
-def _job_id(explicit: str | None) -> str | None:
-    if explicit:
-        return explicit
-    array = os.environ.get("SLURM_ARRAY_JOB_ID")
-    if array:
-        return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
-    return os.environ.get("SLURM_JOB_ID")
-
-
-def _write_started(run_dir: Path, job_id: str | None) -> None:
-    atomic_write_json(run_dir / STARTED, {
-        "pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "job_id": _job_id(job_id),
-    })
-
-
-def _keep_records_up_to(path: Path, step: int) -> None:
-    """Drop records after ``step`` (and corrupt lines) so a resumed run repeats none."""
-    if not path.exists():
-        return
-    kept = [raw if raw.endswith("\n") else raw + "\n"
-            for _, record, raw in iter_jsonl(path) if record is not None and record["step"] <= step]
-    atomic_write_bytes(path, "".join(kept).encode())
-
-
-def run(spec: RunSpec, out_root: Path | str, *, job_id: str | None = None,
-        log: Callable[[str], None] | None = None) -> Path:
+def run(spec: RunSpec, out_root: Path | str, *, job_id: str | None = None, log: Log | None = None) -> Path:
     """Train ``spec`` (resuming from its checkpoint) and return its run directory.
 
-    A finished run (done.json present) returns at once. Raises RunFailedError when the run
-    raised; its directory then holds error.json.
+    ``job_id`` is the executor's name for the job that runs it (recorded in started.json).
+    A run done on the data source that the spec's data resolves to now returns at once.
+    Raises RunFailedError when the run raised; its directory then holds error.json.
     """
+    log = log or _quiet
     run_dir = Path(out_root) / spec.dirname
-    if (run_dir / DONE).exists():
+    current: list[dict] = []  # the data source, resolved at most once
+
+    def source() -> dict:
+        if not current:
+            current.append(data_source(spec))
+        return current[0]
+
+    done, _ = check_done(run_dir, spec.run_id)
+    if done is not None and same_source(done["source"], source()):  # no lock: a finished run stays cheap
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):
-        if (run_dir / DONE).exists():  # another process finished it while we waited to start
-            return run_dir
-        _run_locked(spec, run_dir, job_id, log)
+        action = _settle_done(spec, run_dir, source, log)
+        if action == "train":
+            _run_locked(spec, run_dir, job_id, log)
+    if action == "set aside":  # the run done on other data moved away: train it afresh
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with run_lock(run_dir):
+            _run_locked(spec, run_dir, job_id, log)
     return run_dir
 
 
-def _run_locked(spec: RunSpec, run_dir: Path, job_id: str | None, log: Callable[[str], None] | None) -> None:
-    spec_path = run_dir / SPEC
-    if spec_path.exists() and read_json(spec_path).get("run_id") != spec.run_id:
-        raise InvbenchError(f"{run_dir} holds a different run (spec id mismatch); move it away")
-    atomic_write_json(spec_path, spec.to_dict())
+def data_source(spec: RunSpec) -> dict:
+    """The data source that ``spec``'s data resolves to now (its dataset is built to know).
+
+    Raises DataUnavailableError when no source can serve it, and when the data directory
+    that the spec names cannot."""
+    return dict(build_dataset(spec).source)
+
+
+def _settle_done(spec: RunSpec, run_dir: Path, source: Callable[[], dict], log: Log) -> str:
+    """Under the run's lock: "done" (nothing to do), "train", or "set aside" (the directory
+    held a run done on another data source and was moved away)."""
+    done, problem = check_done(run_dir, spec.run_id)
+    if problem:
+        aside = set_aside(run_dir / DONE)
+        log(f"{run_dir.name}: {DONE} is invalid ({problem}): set aside as {aside.name}; the run goes on")
+        return "train"
+    if done is None:
+        return "train"
+    if same_source(done["source"], source()):  # another process finished it meanwhile
+        return "done"
+    aside = set_aside(run_dir, f"data-{_name(done['source'])}")
+    log(f"{run_dir.name} was done on {_describe(done['source'])}, but its data is now {_describe(source())}: "
+        f"the old run is set aside as {aside.name}; training it again")
+    return "set aside"
+
+
+def _name(source: dict) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in str(source.get("name", "unknown")))
+
+
+def _describe(source: dict) -> str:
+    return f"{source.get('name', '?')} ({source.get('n_images', '?')} images)"
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _run_locked(spec: RunSpec, run_dir: Path, job_id: str | None, log: Log) -> None:
+    # Under the lock, no live process writes this run's files: their temporaries are leftovers.
+    remove_stale_temporaries(run_dir, own=RUN_FILES)
+    _claim_spec(spec, run_dir, log)
     (run_dir / ERROR).unlink(missing_ok=True)
-    _write_started(run_dir, job_id)
     try:
-        _train(spec, run_dir, log or (lambda message: None))
+        _train(spec, run_dir, job_id, log)
     except KeyboardInterrupt:
         # Ctrl-C is not the run's failure: no error.json, so the run reads "stale" (not
         # "failed") and the next launch resumes it from its checkpoint.
         raise
     except Exception as exc:
-        atomic_write_json(run_dir / ERROR, {
-            "type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(),
-            "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
-        })
-        raise RunFailedError(run_dir, f"{type(exc).__name__}: {exc}") from exc
+        where = None
+        try:
+            atomic_write_json(run_dir / ERROR, {
+                "type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(),
+                "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+            })
+        except OSError as write_error:  # a full disk: the run stays stale, and the error says why
+            where = f"{ERROR} could not be written: {write_error}"
+        raise RunFailedError(run_dir, f"{type(exc).__name__}: {exc}", where) from exc
 
 
-def _train(spec: RunSpec, run_dir: Path, log: Callable[[str], None]) -> None:
-    started = time.perf_counter()
+def _claim_spec(spec: RunSpec, run_dir: Path, log: Log) -> None:
+    """Write spec.json; a spec.json that cannot be read is set aside, another run's is an error."""
+    path = run_dir / SPEC
+    if path.exists():
+        try:
+            recorded = read_json(path)
+            problem = None if isinstance(recorded, dict) else "not a JSON object"
+        except (OSError, ValueError) as exc:
+            recorded, problem = None, f"{type(exc).__name__}: {exc}"
+        if problem:
+            aside = set_aside(path)
+            log(f"{run_dir.name}: {SPEC} is broken ({problem}): set aside as {aside.name}")
+        elif recorded.get("run_id") != spec.run_id:
+            raise InvbenchError(f"{run_dir} holds a different run (its {SPEC} has another run id); move it away")
+    atomic_write_json(path, spec.to_dict())
+
+
+@dataclass
+class Start:
+    """How an attempt starts: afresh, resumed from a checkpoint, or restarted (and why)."""
+
+    mode: str
+    step: int = 0
+    reason: str = ""
+    state: dict | None = field(default=None, repr=False)  # the checkpoint to resume from
+
+    def record(self) -> dict:
+        out: dict[str, Any] = {"mode": self.mode, "step": self.step}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+    def message(self, run_dir: Path) -> str:
+        if self.mode == RESUMED:
+            return f"resuming {run_dir.name} at step {self.step}"
+        if self.mode == RESTARTED:
+            return f"restarting {run_dir.name} from step 0: {self.reason}"
+        return f"starting {run_dir.name}"
+
+
+def _train(spec: RunSpec, run_dir: Path, job_id: str | None, log: Log) -> None:
     device = resolve_device(spec.device)
-    dataset = build_dataset(spec).to(device)
-    train_envs = [i for i in range(len(dataset.envs)) if i not in spec.test_envs]
-    hp = dict(spec.hparams)
-    check_batch_sizes(dataset, train_envs, hp["batch_size"])
-    atomic_write_json(run_dir / DATASET, {
-        "source": dataset.source, "env_names": dataset.env_names, "task": dataset.task.kind,
-        "test_envs": list(spec.test_envs), "train_envs": train_envs,
-        "env_sizes": {env.name: {s: len(t[1]) for s, t in env.splits.items()} for env in dataset.envs},
-        "env_info": {env.name: env.info for env in dataset.envs},
-    })
+    start = _plan_start(spec, run_dir, device)
+    _write_started(run_dir, job_id, start)
+    trainer = Trainer(spec, device)
+    atomic_write_json(run_dir / DATASET, trainer.dataset_info())
+    if start.state is not None:
+        try:
+            trainer.resume(start.state)
+        except Exception as exc:  # a checkpoint of another model shape, an optimizer that changed
+            start = _restart(run_dir, f"{CHECKPOINT} does not fit the model ({type(exc).__name__}: {exc})",
+                             set_aside_file=CHECKPOINT)
+            _write_started(run_dir, job_id, start)
+            trainer = Trainer(spec, device)  # nothing half-loaded survives
+    log(start.message(run_dir))
 
-    run_seed = seed_hash("run", spec.trial, spec.hparams_seed)
-    torch.manual_seed(run_seed)
-    model = build_model(spec.model, dataset.input_shape, dataset.n_outputs, hp).to(device)
-    method: Method = METHODS.get(spec.method)(
-        hp, len(train_envs), dataset.task, env_sizes=[dataset.envs[i].size(TRAIN) for i in train_envs]).to(device)
-    optimizer = make_optimizer(model, hp)
-    sampler = MinibatchSampler(dataset, train_envs, hp["batch_size"], run_seed)
-
-    step, elapsed_before = 0, 0.0
-    checkpoint_path = run_dir / CHECKPOINT
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state["run_id"] != spec.run_id:
-            raise InvbenchError(f"{checkpoint_path} belongs to another run")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        method.load_state_dict(state["method"])
-        torch.set_rng_state(state["rng"])
-        step, elapsed_before = state["step"], state["elapsed"]
-        log(f"resuming {spec.dirname} at step {step}")
-    _keep_records_up_to(run_dir / METRICS, step if checkpoint_path.exists() else -1)
-    _keep_records_up_to(run_dir / TIMING, step if checkpoint_path.exists() else -1)
-    resumed_at = step if checkpoint_path.exists() else None
-
-    window: dict[str, float] = {}
-    window_steps = 0
-    l2 = hp["l2"]
-    reset_step = method.optimizer_reset_step()
+    checkpoint = run_dir / CHECKPOINT
     while True:
-        if (step % spec.eval_every == 0 or step == spec.steps) and step != resumed_at:
-            record = {"step": step, "envs": evaluate(model, dataset)}
-            if window_steps:
-                record["train"] = {k: v / window_steps for k, v in window.items()}
-            if dataset.extra_metrics is not None:
-                record["extra"] = dataset.extra_metrics(model)
-            append_jsonl(run_dir / METRICS, record)
-            elapsed = elapsed_before + time.perf_counter() - started
-            append_jsonl(run_dir / TIMING, {"step": step, "wall_time": elapsed})
-            window, window_steps = {}, 0
-            atomic_write_bytes(checkpoint_path, _checkpoint_bytes(spec, step, elapsed, model, optimizer, method))
-            log(f"step {step}/{spec.steps}")
-        if step >= spec.steps:
+        if trainer.evaluation_due:
+            append_jsonl(run_dir / METRICS, trainer.evaluate())
+            append_jsonl(run_dir / TIMING, {"step": trainer.steps_done, "wall_time": trainer.elapsed()})
+            atomic_write_bytes(checkpoint, trainer.checkpoint_bytes())
+            log(f"step {trainer.steps_done}/{spec.steps}")
+        if trainer.finished:
             break
-        objective = method.objective(model, sampler.batches(step), step)
-        loss = objective.risk
-        if l2:
-            loss = loss + l2 * sum(p.pow(2).sum() for p in model.parameters())
-        if objective.penalty is not None:
-            loss = loss + objective.penalty_weight * objective.penalty
-        loss = loss / objective.divide_by
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()} at step {step}")
-        if reset_step is not None and step == reset_step:
-            optimizer = make_optimizer(model, hp)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        _accumulate(window, objective, loss)
-        window_steps += 1
-        step += 1
+        trainer.step()
+    atomic_write_json(run_dir / DONE, {"run_id": spec.run_id, "time": time.time(), "start": start.record(),
+                                       **trainer.finish()})
 
-    atomic_write_json(run_dir / DONE, {
-        "run_id": spec.run_id, "steps": spec.steps, "time": time.time(),
-        "wall_time": elapsed_before + time.perf_counter() - started, "device": str(device),
-        "torch": torch.__version__, "source": dataset.source,
+
+def _write_started(run_dir: Path, job_id: str | None, start: Start) -> None:
+    atomic_write_json(run_dir / STARTED, {
+        "pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "job_id": job_id,
+        "start": start.record(),
     })
 
 
-def _accumulate(window: dict[str, float], objective: Any, loss: torch.Tensor) -> None:
-    values = {"loss": loss.item(), "risk": objective.risk.item(), "penalty_weight": objective.penalty_weight}
-    if objective.penalty is not None:
-        values["penalty"] = objective.penalty.item()
-    if objective.env_losses is not None:
-        for i, value in enumerate(objective.env_losses.tolist()):
-            values[f"env{i}_loss"] = value
-    values.update(objective.logs)
-    for key, value in values.items():
-        window[key] = window.get(key, 0.0) + float(value)
+def _plan_start(spec: RunSpec, run_dir: Path, device: torch.device) -> Start:
+    """Resume from checkpoint.pt when every record up to its step can be kept; else start over.
+
+    A checkpoint that cannot be loaded is set aside; so is a metrics.jsonl that lacks a
+    record before the checkpoint (its model state is gone: only a new run can make it)."""
+    path = run_dir / CHECKPOINT
+    if not path.exists():
+        _keep_records(run_dir / METRICS, [])
+        _keep_records(run_dir / TIMING, [])
+        return Start(FRESH)
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        problem = _checkpoint_problem(spec, state)
+    except Exception as exc:  # torch.load raises many kinds on a garbage or truncated file
+        problem = f"cannot be loaded ({type(exc).__name__}: {exc})"
+    if problem:
+        return _restart(run_dir, f"{CHECKPOINT} {problem}", set_aside_file=CHECKPOINT)
+    step = state["step"]
+    expected = evaluation_steps(spec, step)
+    missing = sorted(set(expected) - set(_keep_records(run_dir / METRICS, expected, dry_run=True)))
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+        what = "is missing" if not (run_dir / METRICS).exists() else f"lacks the record(s) of step(s) {shown}"
+        return _restart(run_dir, f"{METRICS} {what} (checkpoint at step {step})", set_aside_file=METRICS)
+    _keep_records(run_dir / METRICS, expected)
+    _keep_records(run_dir / TIMING, expected)
+    return Start(RESUMED, step, state=state)
 
 
-def _checkpoint_bytes(spec: RunSpec, step: int, elapsed: float, model, optimizer, method) -> bytes:
-    import io
+def _checkpoint_problem(spec: RunSpec, state: Any) -> str | None:
+    if not isinstance(state, dict) or not {"run_id", "step", "model", "optimizer", "method", "rng",
+                                           "elapsed"} <= set(state):
+        return "is not a training checkpoint"
+    if state["run_id"] != spec.run_id:
+        return "belongs to another run"
+    if state["step"] not in evaluation_steps(spec, spec.steps):
+        return f"is at step {state['step']!r}, which this run never checkpoints"
+    return None
 
-    buffer = io.BytesIO()
-    torch.save({
-        "run_id": spec.run_id, "step": step, "elapsed": elapsed, "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "method": method.state_dict(), "rng": torch.get_rng_state(),
-    }, buffer)
-    return buffer.getvalue()
+
+def _restart(run_dir: Path, reason: str, set_aside_file: str) -> Start:
+    """Start over: the named file is set aside (when there is one), the other progress cleared."""
+    path = run_dir / set_aside_file
+    if path.exists():
+        aside = set_aside(path)
+        reason += f"; set aside as {aside.name}"
+    for name in (CHECKPOINT, METRICS, TIMING):
+        (run_dir / name).unlink(missing_ok=True)
+    return Start(RESTARTED, 0, reason)
+
+
+def _keep_records(path: Path, steps: list[int], dry_run: bool = False) -> list[int]:
+    """Keep the first valid record of each step in ``steps``, in step order, and nothing else
+    (no corrupt line, no duplicate, nothing after the checkpoint); return the steps kept.
+    ``dry_run`` only reports which steps it would keep."""
+    if not path.exists():
+        return []
+    wanted = set(steps)
+    kept: dict[int, str] = {}
+    for _, record, raw in iter_jsonl(path):
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int) and step in wanted and step not in kept:
+            kept[step] = raw if raw.endswith("\n") else raw + "\n"
+    if not dry_run:
+        atomic_write_bytes(path, "".join(kept[s] for s in sorted(kept)).encode())
+    return sorted(kept)
 
 
 def load_records(run_dir: Path) -> list[dict]:
     return [record for _, record, _ in iter_jsonl(run_dir / METRICS) if record is not None]
 
+
+def done_on_other_data(runs: list[tuple[RunSpec, Path]]) -> list[RunSpec]:
+    """The specs among done ``runs`` (spec, run directory) whose recorded data source is not
+    the one their data resolves to now. Each distinct dataset is built once."""
+    sources: dict[str, dict] = {}
+    out = []
+    for spec, run_dir in runs:
+        done, _ = check_done(run_dir, spec.run_id)
+        if done is None:
+            continue
+        key = repr((spec.dataset, sorted(spec.dataset_options.items()), spec.holdout_fraction, spec.data_dir))
+        if key not in sources:
+            sources[key] = data_source(spec)
+        if not same_source(done["source"], sources[key]):
+            out.append(spec)
+    return out

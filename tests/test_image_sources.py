@@ -8,7 +8,7 @@ import pytest
 
 from invbench.data import DatasetFamily
 from invbench.datasets import _sources
-from invbench.datasets._sources import IMAGE_SOURCES, ImageSource, load_images
+from invbench.datasets._sources import DATA_ENV, IMAGE_SOURCES, ImageSource, load_images
 from invbench.datasets.colored_mnist import ColoredMNISTIRM
 from invbench.errors import DataUnavailableError, UnknownNameError
 from invbench.registry import DATASETS
@@ -58,20 +58,27 @@ def test_a_registered_source_is_found_in_its_own_folder(tmp_path, letters):
     assert loaded.images[:, 0, 8].tolist() == list(range(40))  # train then test, in file order
 
 
-def test_its_fallbacks_come_after_the_data_directory(tmp_path, letters):
+def test_its_fallbacks_come_after_the_data_directory(tmp_path, letters, monkeypatch):
     fallback_dir, calls = letters
     write_dataset(fallback_dir, 20, 5, layout="")
     (tmp_path / "empty").mkdir()
+    # a directory from the environment is tried first, then the source's fallbacks
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "empty"))
     with pytest.warns(UserWarning, match="tried first: data directory"):
-        loaded = load_images("test-letters", ("train",), str(tmp_path / "empty"))
+        loaded = load_images("test-letters", ("train",), None)
     assert loaded.source["location"] == str(fallback_dir.resolve()) and calls == [("train",)]
+    # one given explicitly serves or is an error: no fallback stands in for it
+    with pytest.raises(DataUnavailableError, match="cannot provide test-letters"):
+        load_images("test-letters", ("train",), str(tmp_path / "empty"))
+    assert calls == [("train",)]
     assert "test-letters" in IMAGE_SOURCES.names() and "mnist" in IMAGE_SOURCES.names()
 
 
-def test_nothing_available_lists_its_own_places_and_how_to_get_it(tmp_path, letters):
+def test_nothing_available_lists_its_own_places_and_how_to_get_it(tmp_path, letters, monkeypatch):
     (tmp_path / "empty").mkdir()
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "empty"))
     with pytest.raises(DataUnavailableError) as info:
-        load_images("test-letters", ("train",), str(tmp_path / "empty"))
+        load_images("test-letters", ("train",), None)
     message = str(info.value)
     assert "1. data directory" in message and "2. the letters fallback at" in message
     assert "torchvision" not in message  # it names no torchvision class: no download is tried

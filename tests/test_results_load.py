@@ -58,9 +58,12 @@ def test_unreadable_spec_skips_that_run_only(tmp_path):
     write_run(tmp_path, records=REC, trial=0)
     broken = write_run(tmp_path, records=REC, trial=1)
     (broken / "spec.json").write_text('{"dataset": ')
-    with pytest.warns(CorruptRecordWarning, match="unreadable spec.json"):
+    with pytest.warns(CorruptRecordWarning, match="spec.json: not valid JSON; run left out"):
         results = load_runs(tmp_path)
-    assert results.runs.trial.tolist() == [0] and len(results.unreadable) == 1
+    assert results.runs.trial.tolist() == [0] and len(results.broken) == 1
+    # a broken directory is not a corrupt line
+    assert results.summary() == ("1 finished run(s); 1 broken run directory left out "
+                                 f"({broken.name}: spec.json: not valid JSON)")
 
 
 def test_unfinished_runs_are_left_out_and_counted_by_status(tmp_path):
@@ -104,3 +107,67 @@ def test_dataset_options_that_differ_name_separate_datasets(tmp_path):
 def test_an_empty_folder_gives_an_empty_leaderboard(tmp_path):
     results = load_runs(tmp_path)
     assert results.records.empty and build_leaderboard(results, LastCheckpoint()).tables == []
+
+
+# Every run directory found is accounted for -------------------------------------------------
+
+def test_every_run_directory_is_accounted_for_by_status_or_by_the_file_that_broke_it(tmp_path, monkeypatch):
+    import json
+    import os
+
+    write_run(tmp_path, records=REC, trial=0)  # finished
+    write_run(tmp_path, records=REC[:1], trial=1, done=False)  # started (running, or killed)
+    write_run(tmp_path, records=REC[:1], trial=2, done=False, status="failed")
+    diverged = write_run(tmp_path, records=REC[:1], trial=3, done=False)
+    (diverged / "error.json").write_text(json.dumps({"type": "FloatingPointError", "message": "the loss became nan"}))
+    no_spec = write_run(tmp_path, records=REC, trial=4)
+    (no_spec / "spec.json").unlink()  # a done run whose spec.json was deleted
+    garbage_done = write_run(tmp_path, records=REC, trial=5)
+    (garbage_done / "done.json").write_text("")
+    spec_is_a_folder = write_run(tmp_path, records=REC, trial=6)
+    (spec_is_a_folder / "spec.json").unlink()
+    (spec_is_a_folder / "spec.json").mkdir()  # cannot be read
+    unlistable = write_run(tmp_path / "group", records=REC, trial=7).parent
+    scandir = os.scandir
+
+    def refuse(path="."):  # as a folder without read permission (a test run as root cannot make one)
+        if os.fspath(path) == os.fspath(unlistable):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    with pytest.warns(CorruptRecordWarning) as caught:
+        results = load_runs(tmp_path)
+    assert results.runs.trial.tolist() == [0]
+    assert results.unfinished == {"diverged": [diverged.name], "failed": ["toy-erm-test2-trial2-hp0"],
+                                  "started": ["toy-erm-test2-trial1-hp0"]}
+    assert sorted(results.broken) == sorted([
+        "group: cannot be listed (Permission denied)",
+        f"{no_spec.name}: spec.json: missing",
+        f"{garbage_done.name}: done.json: not valid JSON",
+        f"{spec_is_a_folder.name}: spec.json: cannot be read (Is a directory)",
+    ])
+    assert not results.skipped_lines  # broken directories are not corrupt lines
+    summary = results.summary()
+    assert summary.startswith("1 finished run(s); 3 unfinished left out (1 diverged, 1 failed, 1 started); "
+                              "4 broken run directories left out (")
+    assert "and 1 more" in summary and "corrupt line" not in summary
+    assert len(caught) == 4 and all("left out" in str(w.message) for w in caught)
+
+
+def test_a_second_record_of_one_step_is_skipped_with_a_warning(tmp_path):
+    run_dir = write_run(tmp_path, records=REC)
+    with open(run_dir / "metrics.jsonl", "a") as handle:
+        handle.write(json_line(record(10, {"a": {"train": 0.1}, "b": {"train": 0.1}, "c": {"train": 0.9}})))
+    with pytest.warns(CorruptRecordWarning, match=r"metrics\.jsonl:3: a second record of step 10 \(the first is "
+                                                  r"line 2\); line skipped"):
+        results = load_runs(tmp_path)
+    frame = results.records
+    assert frame[(frame.step == 10) & (frame.env == "c") & (frame.metric == "acc")].value.tolist() == [0.3]
+    assert "1 corrupt line(s) skipped" in results.summary()
+
+
+def json_line(value):
+    import json
+
+    return json.dumps(value) + "\n"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import invbench.runner as runner
+import invbench.trainer as trainer
 from invbench.data import TRAIN
 from invbench.runner import build_dataset, run
 from invbench.spec import make_spec
@@ -60,7 +60,7 @@ def test_step_gradients_follow_the_irm_codes_loss(tmp_path, monkeypatch, scale_l
         return Recording(model.parameters(), lr=LR)
 
     monkeypatch.setattr(Recording, "log", [])
-    monkeypatch.setattr(runner, "make_optimizer", make_optimizer)
+    monkeypatch.setattr(trainer, "make_optimizer", make_optimizer)
     spec = make_spec("linear_sem", "irm", dataset_options={"n_per_env": 50}, steps=3, eval_every=3,
                      model="linear", device="cpu",
                      overrides={"l2": L2, "estimator": "full_batch", "anneal_iters": 1, "penalty_weight": WEIGHT,

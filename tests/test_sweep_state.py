@@ -38,7 +38,8 @@ def test_local_run_moves_through_its_states(spec, tmp_path):
     # the launcher is gone and nothing holds the run: stale, with the reason
     stale = state_of(spec, tmp_path)
     assert stale.state == STALE and "launcher" in stale.reason and "is gone" in stale.reason
-    atomic_write_json(run_dir / DONE, {"wall_time": 12.5})
+    atomic_write_json(run_dir / DONE, {"run_id": spec.run_id, "steps": 5, "source": {"name": "synthetic"},
+                                       "wall_time": 12.5})
     done = state_of(spec, tmp_path)
     assert (done.state, done.wall_time) == (DONE_STATE, 12.5)
 

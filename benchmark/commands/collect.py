@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
         results = load_runs(root, include_unfinished=args.include_unfinished)
     for warning in caught:
         print(f"invbench: warning: {warning.message}", file=sys.stderr)
-    if results.runs.empty and not results.unfinished and not results.unreadable:
+    if results.runs.empty and not results.unfinished and not results.broken:
         # an empty leaderboard (or baseline) from a mistyped folder would pass for a result
         raise ConfigError(f"no run directories under {root} (a run directory holds spec.json; "
                           f"`invbench sweep launch` or `invbench run` writes them)")

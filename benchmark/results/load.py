@@ -6,18 +6,24 @@ loss, risk, penalty, ...) or "extra" (a dataset's extra metric, e.g. causal_erro
 row also carries its run's description (dataset, source, method, trial, ...), so the
 frame is self-contained; ``Results.runs`` has one row per run.
 
-Robustness, the faults of DomainBed's collation that we avoid:
-- a truncated or corrupt line of metrics.jsonl is skipped with a warning naming the file
-  and line, never a crash;
-- a run without done.json is left out by default and counted (started versus failed), so
-  "unfinished" says whether a run is still running (or was killed) or raised;
-- runs on different data sources (a subset versus the full data) get different ``source``
-  labels, which are part of every grouping key downstream.
+Every run directory found (a folder holding any file a run writes) is accounted for, once:
+- finished: a valid done.json (rundir.check_done), spec.json and dataset.json: its rows
+  are read;
+- unfinished: no done.json, left out by default and counted by what its files say
+  (started, failed, diverged: its loss became NaN or infinite), so that "unfinished" says
+  whether a run is still running (or was killed) or raised;
+- broken: a file it needs is missing or cannot be read (spec.json deleted, a garbage
+  done.json, a folder without read permission), left out and named with the file and why.
+Within a run, a truncated or corrupt line of metrics.jsonl, or a second record of one step,
+is skipped with a warning naming the file and line, never a crash. Runs on different data
+sources (a subset versus the full data) get different ``source`` labels, which are part of
+every grouping key downstream.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,17 +31,24 @@ from typing import Any
 
 from invbench.io import iter_jsonl, read_json
 from invbench.metrics import SCORE_METRIC
-
-from invbench.rundir import DATASET, ERROR, METRICS, SPEC, run_status
+from invbench.rundir import DATASET, LOCK, METRICS, RUN_FILES, SPEC, check_done, run_status
 
 # Columns describing a run, repeated on each of its rows.
 RUN_COLUMNS = ["run", "run_id", "dataset", "options", "source", "method", "config", "hparams_seed", "trial",
                "test_envs", "train_envs", "env_names", "task", "score", "status"]
 VALUE_COLUMNS = ["step", "kind", "env", "split", "metric", "value"]
+BROKEN_SHOWN = 3  # broken run directories named in the one-line summary (warnings name them all)
 
 
 class CorruptRecordWarning(UserWarning):
     """A metrics line or run file that could not be read; it was skipped."""
+
+
+class BrokenRunError(Exception):
+    """A run directory left out: ``file`` is missing or unreadable, ``why`` says how."""
+
+    def __init__(self, file: str, why: str):
+        super().__init__(f"{file}: {why}")
 
 
 @dataclass
@@ -46,8 +59,9 @@ class Results:
     runs: Any  # pandas.DataFrame, one row per included run (RUN_COLUMNS + "path")
     # Runs left out because they have not finished: status -> run directory names.
     unfinished: dict[str, list[str]] = field(default_factory=dict)
-    # Run directories that could not be read at all (bad spec/dataset JSON), with why.
-    unreadable: list[str] = field(default_factory=list)
+    # Run directories left out because a file they need is missing or unreadable:
+    # "DIR: FILE: why", one per directory.
+    broken: list[str] = field(default_factory=list)
     skipped_lines: list[str] = field(default_factory=list)  # "file:line: why"
     # Runs left out as unfinished, per cell key (dataset, source, method, test_envs):
     # lets a missing cell say "runs unfinished" instead of "no runs".
@@ -66,8 +80,11 @@ class Results:
         if self.unfinished:
             detail = ", ".join(f"{len(v)} {k}" for k, v in sorted(self.unfinished.items()))
             parts.append(f"{self.n_unfinished} unfinished left out ({detail})")
-        if self.unreadable:
-            parts.append(f"{len(self.unreadable)} unreadable run director{'y' if len(self.unreadable) == 1 else 'ies'}")
+        if self.broken:
+            shown = "; ".join(self.broken[:BROKEN_SHOWN])
+            more = f"; and {len(self.broken) - BROKEN_SHOWN} more" if len(self.broken) > BROKEN_SHOWN else ""
+            noun = "directory" if len(self.broken) == 1 else "directories"
+            parts.append(f"{len(self.broken)} broken run {noun} left out ({shown}{more})")
         if self.skipped_lines:
             parts.append(f"{len(self.skipped_lines)} corrupt line(s) skipped")
         return "; ".join(parts)
@@ -118,13 +135,75 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def _warn(skipped: list[str], message: str) -> None:
-    skipped.append(message)
+def _warn(skipped: list[str] | None, message: str) -> None:
+    if skipped is not None:
+        skipped.append(message)
     warnings.warn(message, CorruptRecordWarning, stacklevel=3)
 
 
+RUN_MARKERS = frozenset(RUN_FILES) | {LOCK}
+
+
+def find_run_dirs(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Every folder under ``root`` (itself included) holding a file that a run writes, and
+    the folders that could not be listed, with why. Hidden folders (.submitit, .invbench)
+    are not searched."""
+    found: list[Path] = []
+    unlisted: list[tuple[Path, str]] = []
+
+    def unreadable(error: OSError) -> None:
+        unlisted.append((Path(error.filename), error.strerror or str(error)))
+
+    for folder, subfolders, files in os.walk(root, onerror=unreadable):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        if RUN_MARKERS.intersection(files):
+            found.append(Path(folder))
+    return sorted(found), sorted(unlisted)
+
+
+def _read_run_file(run_dir: Path, name: str, needed: tuple[str, ...]) -> dict:
+    """A run's JSON file as a mapping holding the ``needed`` keys; BrokenRunError otherwise."""
+    path = run_dir / name
+    try:
+        data = read_json(path)
+    except FileNotFoundError:
+        raise BrokenRunError(name, "missing") from None
+    except OSError as exc:
+        raise BrokenRunError(name, f"cannot be read ({exc.strerror or exc})") from None
+    except ValueError:
+        raise BrokenRunError(name, "not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BrokenRunError(name, "not a JSON object")
+    missing = [key for key in needed if key not in data]
+    if missing:
+        raise BrokenRunError(name, f"lacks {', '.join(missing)}")
+    return data
+
+
+def _inspect(run_dir: Path, include_unfinished: bool) -> tuple[str, dict, dict | None, bool]:
+    """(status, spec, dataset meta or None, whether its records are read) of one run
+    directory; BrokenRunError when a file that the run needs is missing or unreadable."""
+    spec = _read_run_file(run_dir, SPEC, ("dataset", "method", "run_id"))
+    done, problem = check_done(run_dir, spec["run_id"])
+    if problem:
+        raise BrokenRunError("done.json", problem)
+    status = "done" if done is not None else run_status(run_dir, spec["run_id"])
+    if status != "done" and not (include_unfinished and (run_dir / DATASET).exists()):
+        try:  # an unfinished run's dataset.json only labels its cell; the next attempt rewrites it
+            meta = _read_run_file(run_dir, DATASET, ("source", "env_names"))
+        except BrokenRunError:
+            meta = None
+        return status, spec, meta, False
+    meta = _read_run_file(run_dir, DATASET, ("source", "env_names", "train_envs", "task"))
+    if status == "done" and not (run_dir / METRICS).is_file():
+        raise BrokenRunError(METRICS, "missing")
+    if status == "done" and not os.access(run_dir / METRICS, os.R_OK):
+        raise BrokenRunError(METRICS, "cannot be read (permission denied)")
+    return status, spec, meta, True
+
+
 def load_runs(root: Path | str, include_unfinished: bool = False) -> Results:
-    """Read every run directory (a folder holding spec.json) under ``root``, recursively.
+    """Read every run directory under ``root``, recursively (see the module's docstring).
 
     ``include_unfinished`` also reads runs without done.json (their records so far).
     """
@@ -132,29 +211,26 @@ def load_runs(root: Path | str, include_unfinished: bool = False) -> Results:
 
     root = Path(root)
     skipped: list[str] = []
-    unreadable: list[str] = []
+    broken: list[str] = []
     unfinished: dict[str, list[str]] = {}
     loaded: list[tuple[Path, dict, dict, str]] = []
     pending: list[tuple[Path, dict, dict | None, str]] = []
-    for spec_path in sorted(root.rglob(SPEC)):
-        run_dir = spec_path.parent
-        status = run_status(run_dir)
+    run_dirs, unlisted = find_run_dirs(root)
+    for folder, why in unlisted:
+        broken.append(f"{_relative(folder, root)}: cannot be listed ({why})")
+        _warn(None, f"{folder}: cannot be listed ({why}); any runs in it are left out")
+    for run_dir in run_dirs:
         try:
-            spec = read_json(spec_path)
-            meta = read_json(run_dir / DATASET) if (run_dir / DATASET).exists() else None
-        except (OSError, json.JSONDecodeError) as exc:
-            unreadable.append(f"{run_dir}: {exc}")
-            _warn(skipped, f"{run_dir}: unreadable spec.json or dataset.json ({exc}); run skipped")
+            status, spec, meta, included = _inspect(run_dir, include_unfinished)
+        except BrokenRunError as exc:
+            broken.append(f"{_relative(run_dir, root)}: {exc}")
+            _warn(None, f"{run_dir}: {exc}; run left out")
             continue
-        if status != "done" and not (include_unfinished and meta is not None):
+        if not included:
             unfinished.setdefault(status, []).append(run_dir.name)
             pending.append((run_dir, spec, meta, status))
-            continue
-        if meta is None:
-            unreadable.append(f"{run_dir}: done but no dataset.json")
-            _warn(skipped, f"{run_dir}: finished run without dataset.json; run skipped")
-            continue
-        loaded.append((run_dir, spec, meta, status))
+        else:
+            loaded.append((run_dir, spec, meta, status))
 
     labels = _dataset_labels([spec for _, spec, _, _ in loaded + pending])
     run_rows, value_rows = [], []
@@ -171,25 +247,26 @@ def load_runs(root: Path | str, include_unfinished: bool = False) -> Results:
         key = (_label(spec, labels), source_label(meta["source"]) if meta else None, spec["method"], tests)
         unfinished_cells[key] = unfinished_cells.get(key, 0) + 1
         why = unfinished_why.setdefault(key, {})
-        kind = _unfinished_kind(run_dir, status)
+        kind = _unfinished_kind(status)
         why[kind] = why.get(kind, 0) + 1
 
     runs = pd.DataFrame(run_rows, columns=RUN_COLUMNS + ["path"])
     records = pd.DataFrame(value_rows, columns=RUN_COLUMNS + VALUE_COLUMNS)
     return Results(records=records, runs=runs, unfinished={k: sorted(v) for k, v in unfinished.items()},
-                   unreadable=unreadable, skipped_lines=skipped, unfinished_cells=unfinished_cells,
+                   broken=broken, skipped_lines=skipped, unfinished_cells=unfinished_cells,
                    unfinished_why=unfinished_why)
 
 
-def _unfinished_kind(run_dir: Path, status: str) -> str:
-    """diverged (the runner's FloatingPointError: the loss became non-finite), failed, or unfinished."""
-    if status != "failed":
-        return "unfinished"
+def _unfinished_kind(status: str) -> str:
+    """diverged (the loss became non-finite), failed (another error) or unfinished (running, killed)."""
+    return status if status in ("diverged", "failed") else "unfinished"
+
+
+def _relative(path: Path, root: Path) -> str:
     try:
-        error = read_json(run_dir / ERROR)
-    except (OSError, ValueError):
-        return "failed"
-    return "diverged" if isinstance(error, dict) and error.get("type") == "FloatingPointError" else "failed"
+        return path.relative_to(root).as_posix() or "."
+    except ValueError:
+        return str(path)
 
 
 def _label(spec: dict, labels: dict) -> str:
@@ -224,13 +301,21 @@ def _value_rows(path: Path, skipped: list[str]) -> list[dict]:
     rows: list[dict] = []
     if not path.exists():
         return rows
-    for number, record, raw in iter_jsonl(path):
+    first_line: dict[int, int] = {}  # step -> the line of its record
+    try:
+        lines = list(iter_jsonl(path))
+    except OSError as exc:  # an unfinished run's file (a finished run's is checked before)
+        _warn(skipped, f"{path}: cannot be read ({exc.strerror or exc}); no records")
+        return rows
+    for number, record, raw in lines:
         problem = None
         if record is None:
             problem = "not valid JSON (truncated?)"
         elif not isinstance(record, dict) or not isinstance(record.get("step"), int) \
                 or not isinstance(record.get("envs"), dict):
             problem = "not a metrics record (needs an integer 'step' and an 'envs' mapping)"
+        elif record["step"] in first_line:
+            problem = f"a second record of step {record['step']} (the first is line {first_line[record['step']]})"
         if problem:
             _warn(skipped, f"{path}:{number}: {problem}; line skipped")
             continue
@@ -248,5 +333,6 @@ def _value_rows(path: Path, skipped: list[str]) -> list[dict]:
         except (AttributeError, TypeError, ValueError) as exc:
             _warn(skipped, f"{path}:{number}: malformed values ({exc}); line skipped")
             continue
+        first_line[step] = number
         rows.extend(line_rows)
     return rows

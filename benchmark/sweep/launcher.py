@@ -29,7 +29,7 @@ def make_executor(config: SweepConfig):
 
 def launch(config: SweepConfig, *, mode: str = "launch", stream: TextIO | None = None,
            before_submit: Callable[[], None] | None = None) -> int:
-    """Start the sweep's launchable runs; 0 when nothing failed, 1 otherwise.
+    """Start the sweep's launchable runs; 0 when every run it started finished, 1 otherwise.
 
     ``before_submit`` runs once everything is validated, before anything is submitted (the
     commands keep the launch's flags with the runs there)."""
@@ -40,6 +40,14 @@ def launch(config: SweepConfig, *, mode: str = "launch", stream: TextIO | None =
     check_local_device(config)
     states = run_states(specs, config.out_root)
     to_run = [s.spec for s in states if s.state in LAUNCHABLE[mode]]
+    if mode == "launch":
+        from invbench.runner import done_on_other_data
+
+        redo = done_on_other_data([(s.spec, s.run_dir) for s in states if s.state == DONE_STATE])
+        if redo:
+            print(f"{len(redo)} done run(s) were trained on another data source than their data resolves to "
+                  "now: they run again (the old ones are set aside, not deleted)", file=stream)
+        to_run += redo
     preflight(to_run)
     if before_submit is not None:
         before_submit()
@@ -57,9 +65,17 @@ def launch(config: SweepConfig, *, mode: str = "launch", stream: TextIO | None =
         print(f"submitted job array {_array_id(job_ids)} ({len(job_ids)} task(s)); "
               f"`invbench sweep status` follows it", file=stream)
         return 0
-    after = Counter(s.state for s in run_states(specs, config.out_root))
+    after_states = run_states(specs, config.out_root)
+    after = Counter(s.state for s in after_states)
     print(f"sweep {config.name}: {_counts_line(after)}", file=stream)
-    return 1 if after[FAILED] else 0
+    # A run this launch started that neither finished nor failed (its worker was killed, the
+    # disk filled up) is the launch's failure too; runs that another process trains are not.
+    launched = {spec.dirname for spec in to_run}
+    lost = [s for s in after_states if s.spec.dirname in launched and s.state in (STALE, NOT_LAUNCHED)]
+    if lost:
+        print(f"{len(lost)} run(s) did not finish: {', '.join(s.spec.dirname for s in lost)}; "
+              "`invbench sweep launch` resumes them", file=stream)
+    return 1 if after[FAILED] or lost else 0
 
 
 def _array_id(job_ids: list[str]) -> str:

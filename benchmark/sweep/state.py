@@ -5,7 +5,7 @@ States:
   queued        submitted; its executor still holds it (SLURM pending, or a live local
                 launcher that has not started it yet)
   running       a live process holds the run's lock, or SLURM runs the task that runs it
-  done          done.json exists
+  done          a valid done.json (rundir.check_done)
   failed        error.json newer than the latest submission (reason: the error and the last
                 lines of its traceback), or a SLURM job that ended badly (OUT_OF_MEMORY, ...)
   stale         submitted, yet nothing holds it any more: its worker or launcher died, or its
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from invbench.io import atomic_write_json, read_json
-from invbench.rundir import DONE, ERROR, STARTED, is_locked
+from invbench.rundir import ERROR, STARTED, is_locked, read_done
 
 LAUNCH = "launch.json"
 NOT_LAUNCHED, QUEUED, RUNNING, DONE_STATE, FAILED, STALE, CANCELLED = (
@@ -120,7 +120,7 @@ def run_states(specs: Iterable[Any], out_root: Path) -> list[RunState]:
 def classify(spec: Any, run_dir: Path, launch: dict | None, jobs: dict[tuple[str, str], JobState]) -> RunState:
     executor = launch.get("executor") if launch else None
     job_id = str(launch.get("job_id")) if launch else None
-    done = _read(run_dir / DONE)
+    done = read_done(run_dir, spec.run_id)  # an invalid done.json does not count: the run is not done
     if done is not None:
         return RunState(spec, run_dir, DONE_STATE, executor=executor, job_id=job_id, wall_time=done.get("wall_time"))
     if is_locked(run_dir):

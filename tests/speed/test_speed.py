@@ -44,13 +44,13 @@ def _dataset(name: str):
 
 
 def _one_step(dataset_name: str, method_name: str):
-    """The runner's step (objective, l2, penalty, divide, backward, Adam) on a built spec."""
+    """The trainer's step (objective, l2, penalty, divide, backward, Adam) on a built spec."""
     import torch
 
     from invbench.data import TRAIN
     from invbench.models import build_model
     from invbench.registry import METHODS as REGISTRY
-    from invbench.runner import MinibatchSampler, make_optimizer
+    from invbench.trainer import MinibatchSampler, make_optimizer
     from invbench.spec import make_spec
 
     spec = make_spec(dataset_name, method_name, device="cpu")

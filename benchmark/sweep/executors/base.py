@@ -6,10 +6,13 @@ import fcntl
 import os
 import signal
 import socket
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from invbench.io import pid_alive
 from invbench.rundir import lock_held
 from invbench.sweep.state import JobState
 
@@ -50,6 +53,8 @@ class LauncherLock:
 
     Its runs are "queued" while it is held and "stale" once it is not: the kernel drops an
     flock when its process dies, even by SIGKILL, so no pid can be mistaken for a reused one.
+    The lock file is removed on exit, SIGTERM (`sweep cancel`) included; the files of
+    launchers that were killed are removed by the next launcher on this machine.
     """
 
     def __init__(self, out_root: Path):
@@ -58,14 +63,21 @@ class LauncherLock:
         self.path = Path(out_root) / LAUNCHERS / f"{token}.lock"
         self.job_id = f"{self.host}:{self.pid}:{token[-19:]}"
         self._fd: int | None = None
+        self._previous_sigterm: Any = None
 
     def __enter__(self) -> "LauncherLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_launcher_locks(self.path.parent)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
         self.path.unlink(missing_ok=True)
         if self._fd is not None:
             os.close(self._fd)
@@ -73,6 +85,27 @@ class LauncherLock:
 
     def launch_fields(self) -> dict:
         return {"lock": str(self.path), "pid": self.pid, "host": self.host}
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (`sweep cancel`) unwinds the launcher like Ctrl-C: its workers are stopped and
+    its lock file removed on the way out; the runs it leaves are stale, never failed."""
+    print("\ninvbench: terminated; `invbench sweep launch` resumes the runs", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
+def remove_dead_launcher_locks(folder: Path) -> list[Path]:
+    """Remove the lock files of launchers on this machine that died without removing theirs
+    (SIGKILL, the OOM killer). A file whose launcher is alive, or on another machine, stays."""
+    host, removed = socket.gethostname(), []
+    for path in folder.glob("*.lock"):
+        owner, _, rest = path.stem.rpartition("-")  # HOST-PID-TIME: the host may hold dashes
+        owner_host, _, pid = owner.rpartition("-")
+        if owner_host != host or not pid.isdigit() or pid_alive(int(pid)) or lock_held(path):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 class InProcessExecutor(Executor):

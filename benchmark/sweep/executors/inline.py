@@ -39,6 +39,9 @@ class InlineExecutor(InProcessExecutor):
                     print(f"\n{exc}", file=sys.stderr)
                 except RunBusyError as exc:
                     print(f"\n{exc}; left to it", file=sys.stderr)
+                except Exception as exc:  # e.g. its directory holds another run: that run alone fails
+                    failed += 1
+                    print(f"\nrun {spec.dirname} could not start: {type(exc).__name__}: {exc}", file=sys.stderr)
             progress.update(done, failed, 0)
             progress.close()
         return [lock.job_id]

@@ -44,15 +44,18 @@ class RunTask:
 
         show_warnings_once()  # one line per message in the task's log, not one per run
         torch.set_num_threads(self.threads)
+        job_id = job_environment_id()
         failures, finished = [], []
         for data in self.specs:
             spec = RunSpec.from_dict(data)
             try:
-                finished.append(str(run(spec, self.out_root, log=_log)))
-            except RunFailedError as exc:  # the others still run; the task then reports failure
+                finished.append(str(run(spec, self.out_root, job_id=job_id, log=_log)))
+            except RunFailedError as exc:
                 failures.append(str(exc))
             except RunBusyError:
                 pass
+            except Exception as exc:  # e.g. a run directory holding another run: that run alone fails
+                failures.append(f"run {spec.dirname} could not start: {type(exc).__name__}: {exc}")
         if failures:
             raise RuntimeError(f"{len(failures)} of {len(self.specs)} run(s) failed:\n" + "\n".join(failures))
         return finished
@@ -63,6 +66,17 @@ class RunTask:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self)
+
+
+def job_environment_id() -> str | None:
+    """This SLURM job's id as sacct names it ("123_4" for an array task), from submitit's job
+    environment; None outside a submitit job."""
+    import submitit
+
+    try:
+        return submitit.JobEnvironment().job_id
+    except (RuntimeError, KeyError):
+        return None
 
 
 def _log(message: str) -> None:
