@@ -12,16 +12,16 @@ import sys
 import warnings
 from pathlib import Path
 
-SELECTIONS = ("training_domain", "loo", "oracle", "last")
+from invbench.results.selection import DEFAULT_SELECTION, SELECTIONS, STRATEGIES
 
 
 def register(sub) -> None:
     parser = sub.add_parser("collect", help="leaderboard of the run directories under DIR",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", help="a folder of run directories (searched recursively)")
-    parser.add_argument("--selection", "-s", default="training_domain", choices=SELECTIONS,
-                        help="model selection: training-domain validation (default), leave-one-environment-out, "
-                             "test-domain oracle, or the last checkpoint (IRM protocol)")
+    parser.add_argument("--selection", "-s", default=DEFAULT_SELECTION, choices=SELECTIONS,
+                        help="model selection: " + ", ".join(f"{name} ({cls.title})" for name, cls in STRATEGIES.items())
+                             + f" (default {DEFAULT_SELECTION})")
     parser.add_argument("--format", "-f", default="md", choices=("md", "latex", "csv", "html"),
                         help="table format on stdout (default md)")
     parser.add_argument("--plots", metavar="DIR", help="write the plots (PNG) to DIR")

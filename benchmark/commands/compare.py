@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from invbench.commands.collect import SELECTIONS
+from invbench.results.selection import DEFAULT_SELECTION, SELECTIONS
 
 
 def register(sub) -> None:
@@ -17,8 +17,8 @@ def register(sub) -> None:
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("baseline", help="folder of run directories, or a baseline CSV")
     parser.add_argument("current", help="folder of run directories, or a baseline CSV")
-    parser.add_argument("--selection", "-s", default="training_domain", choices=SELECTIONS,
-                        help="model selection used on both sides (default training_domain)")
+    parser.add_argument("--selection", "-s", default=DEFAULT_SELECTION, choices=SELECTIONS,
+                        help=f"model selection used on both sides (default {DEFAULT_SELECTION})")
     parser.add_argument("--threshold", type=float, default=1.0,
                         help="a drop larger than this (accuracy in percentage points; MSE in its units) "
                              "is a regression when significant (default 1.0)")

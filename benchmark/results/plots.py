@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from invbench.splits import TRAIN
+
 
 def _pyplot():
     import matplotlib
@@ -80,7 +82,7 @@ def curves(board, table, records):
                              & (board.per_trial["metric"] == table.metric)]
     runs = set(chosen["run"])
     sub = records[records["run"].isin(runs)]
-    evals = sub[(sub["kind"] == "eval") & (sub["metric"] == table.metric) & (sub["split"] == "train")].copy()
+    evals = sub[(sub["kind"] == "eval") & (sub["metric"] == table.metric) & (sub["split"] == TRAIN)].copy()
     evals["role"] = [("test env" if env in tests else "training envs") for env, tests in zip(evals["env"], evals["test_envs"])]
     evals = evals.groupby(["method", "run", "step", "role"], as_index=False)["value"].mean()
     if table.metric == "acc":
