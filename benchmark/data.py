@@ -14,7 +14,7 @@ import torch
 
 from invbench.errors import ConfigError
 from invbench.hparams import HParam, validate_overrides
-from invbench.splits import TEST, TRAIN, VAL  # noqa: F401  (re-exported for the datasets)
+from invbench.splits import TRAIN, VAL
 from invbench.tasks import Task
 
 

@@ -350,8 +350,10 @@ def shipped_sweeps() -> dict[str, Path]:
 def parse_sweep(data: Mapping[str, Any], *, source: str = "<sweep>", default_name: str = "sweep") -> SweepConfig:
     problems: list[str] = []
     values = _parse_table(SweepConfig, data, "", problems)
-    if "name" not in values and not problems:
-        values["name"] = _check(Word(), default_name, "name (the file's stem by default)", problems)
+    if "name" not in data:
+        name = _check(Word(), default_name, "name (the file's stem, as the file names none)", problems)
+        if name is not _BAD:
+            values["name"] = name
     values.setdefault("out", f"runs/{values.get('name', default_name)}")
     stray = sorted(set(values.get("method_hparams", {})) - set(values.get("methods", ())))
     if stray and "methods" in values:

@@ -47,7 +47,7 @@ def _one_step(dataset_name: str, method_name: str):
     """The runner's step (objective, l2, penalty, divide, backward, Adam) on a built spec."""
     import torch
 
-    from invbench.data import TRAIN
+    from invbench.splits import TRAIN
     from invbench.models import build_model
     from invbench.registry import METHODS as REGISTRY
     from invbench.runner import MinibatchSampler, make_optimizer
