@@ -51,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     show_warnings_once()
-    from invbench.runner import RunFailedError
-
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -62,13 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     except InvbenchError as exc:
         print(f"invbench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except RunFailedError as exc:
-        print(f"invbench: {exc}", file=sys.stderr)
-        # bad input found only once the run started (no data, a batch larger than an
-        # environment) is still the user's input error; error.json keeps the details
-        return EXIT_USAGE if isinstance(exc.__cause__, InvbenchError) else EXIT_RUN_FAILED
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as exc:
+        # A failed run can only come from a command that imported the runner: looked up, not
+        # imported here, so that `collect` and `sweep status` start without torch.
+        runner = sys.modules.get("invbench.runner")
+        if runner is None or not isinstance(exc, runner.RunFailedError):
+            raise
+        print(f"invbench: {exc}", file=sys.stderr)
+        # bad input found only once the run started is still the user's input error;
+        # error.json keeps the details
+        return EXIT_USAGE if isinstance(exc.__cause__, InvbenchError) else EXIT_RUN_FAILED
 
 
 if __name__ == "__main__":

@@ -1,10 +1,8 @@
 """What a dataset family builds: named environments with tensors per split.
 
-Split names: "train" is what the method trains on; "val" is the holdout of the same
-environment (DomainBed's "out" split) when the holdout fraction is positive; "test" is a
-separate evaluation split where a protocol defines one (the linear unit tests shuffle
-the spurious block there). Data are built deterministically from (options, data seed),
-kept in memory, moved to the device once and indexed directly.
+The split names (TRAIN, VAL, TEST) come from invbench.splits. Data are built
+deterministically from (options, data seed), kept in memory, moved to the device once and
+indexed directly.
 """
 
 from __future__ import annotations
@@ -16,9 +14,8 @@ import torch
 
 from invbench.errors import ConfigError
 from invbench.hparams import HParam, validate_overrides
+from invbench.splits import TRAIN, VAL
 from invbench.tasks import Task
-
-TRAIN, VAL, TEST = "train", "val", "test"
 
 
 @dataclass
@@ -126,7 +123,7 @@ class DatasetFamily:
 
 def holdout_split(x: torch.Tensor, y: torch.Tensor, fraction: float, generator: torch.Generator
                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """A seeded random split into "train" and "val" (the last ``fraction`` of a permutation)."""
+    """A seeded random split into TRAIN and VAL (the last ``fraction`` of a permutation)."""
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"holdout fraction must be in [0, 1); got {fraction}")
     if fraction == 0.0:

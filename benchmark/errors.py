@@ -18,3 +18,7 @@ class ConfigError(InvbenchError, ValueError):
 
 class DataUnavailableError(InvbenchError, RuntimeError):
     """No data source could provide a dataset."""
+
+
+class SubmissionError(InvbenchError):
+    """The scheduler refused a submission (a bad partition, account or limit): nothing was submitted."""

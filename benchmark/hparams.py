@@ -9,6 +9,7 @@ if/elif ladder).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -241,10 +242,15 @@ def draw(space: Mapping[str, HParam], hparams_seed: int) -> dict[str, Any]:
         raise ConfigError(f"hparams seed must be >= 0; got {hparams_seed}")
     if hparams_seed == 0:
         return {name: hp.default for name, hp in space.items()}
-    return {
-        name: hp.sample(np.random.RandomState(seed_hash(hparams_seed, name)))
-        for name, hp in space.items()
-    }
+    return {name: hp.default if hp.search is None else _sample(hp.search, hparams_seed, name)
+            for name, hp in space.items()}
+
+
+@functools.lru_cache(maxsize=65536)
+def _sample(search: Any, hparams_seed: int, name: str) -> Any:
+    """One name's value in one draw, from its own seeded state. Cached: every trial of a
+    sweep repeats its draws, and seeding a RandomState costs more than the draw itself."""
+    return search.sample(np.random.RandomState(seed_hash(hparams_seed, name)))
 
 
 def check_names(space: Mapping[str, Any], names: Any, owner: str, kind: str = "hyperparameter") -> None:

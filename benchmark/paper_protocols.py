@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from invbench.hparams import LogUniform, RandInt
 from invbench.protocol import Protocol, register
+from invbench.results.selection import LAST, TRAINING_DOMAIN
 
 # The IRM code's search for Colored MNIST (Arjovsky et al. 2019): hidden int(2^U(6, 9)),
 # l2 10^U(-5, -2), lr 10^U(-3.5, -2.5), anneal randint(50, 250), penalty 10^U(2, 6); it has
@@ -40,7 +41,7 @@ register(Protocol(
                    "mmrex": {"anneal_iters": RandInt(50, 250)}},
     steps=500,
     eval_every=100,
-    selection="last",
+    selection=LAST,
     deviations=(
         "the code trains 501 steps and reports the last: our step 500 is the same model, after 500 updates",
         "V-REx and group DRO take IRMv1's tuned training values, as the Fishr paper's re-run "
@@ -60,7 +61,7 @@ register(Protocol(
     steps=100,
     eval_every=100,
     model="mlp_grayscale",
-    selection="last",
+    selection=LAST,
     deviations=(
         "the code trains 101 steps and reports the last: our step 100 is the same model",
         "tuned for ERM: other methods run with the same training values and their own defaults",
@@ -79,7 +80,7 @@ register(Protocol(
             "weight_decay": None, "l2": None},
     steps=5000,
     eval_every=100,
-    selection="training_domain",
+    selection=TRAINING_DOMAIN,
     deviations=(
         "the data depend on the data seed alone: DomainBed's colours changed with each job's seed, so "
         "every algorithm and hyperparameter draw saw different data",
@@ -98,7 +99,7 @@ register(Protocol(
     method_search={name: {"anneal_iters": LogUniform(0, 3, integer=True)} for name in ("irm", "vrex", "mmrex")},
     steps=2000,
     eval_every=200,
-    selection="last",
+    selection=LAST,
     deviations=(
         "ERM is trained by Adam on the squared loss; the paper solves least squares (the same solution)",
         "the paper's IRM row used its own SEM variant (a fixed classifier, reg * error + (1 - reg) * penalty, "

@@ -114,6 +114,10 @@ def check_protocol(protocol: Protocol) -> None:
                           f"registered datasets: {', '.join(DATASETS.names())}")
     if protocol.model is not None and protocol.model not in MODELS:
         raise ConfigError(f"{where}: unknown model {protocol.model!r}; allowed: {', '.join(sorted(MODELS))}")
+    from invbench.results.selection import SELECTIONS
+
+    if protocol.selection is not None and protocol.selection not in SELECTIONS:
+        raise ConfigError(f"{where}: unknown selection {protocol.selection!r}; allowed: {', '.join(SELECTIONS)}")
     for key in ("steps", "eval_every"):
         value = getattr(protocol, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

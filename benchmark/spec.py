@@ -7,12 +7,14 @@ directory, device), so moving the data or switching GPU never orphans results.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from invbench.errors import ConfigError
 from invbench.hparams import ARCHITECTURE_HPARAMS, HParam, draw, validate_overrides
@@ -54,7 +56,7 @@ class RunSpec:
     def canonical_json(self) -> str:
         return json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
 
-    @property
+    @functools.cached_property  # computed once: a spec is never changed after it is made
     def run_id(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 

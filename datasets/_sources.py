@@ -21,8 +21,9 @@ the full data:
    published Colored MNIST effect (the network memorises small environments;
    docs/protocols.md section 7).
 
-Steps 3 and 4 stand in only when no directory or ``INVBENCH_DATA``'s is used: a directory
-given with --data-dir serves, or it is an error (a typo never falls back to the subset).
+The fallbacks (3) stand in only when no directory was given explicitly: a directory given
+with --data-dir (or a sweep's data_dir) serves, or it is an error, so a typo never falls
+back to the subset. ``INVBENCH_DATA`` is a default, not an explicit choice: it falls back.
 
 When nothing works, one DataUnavailableError lists every source tried and why it failed,
 and how to get the data. IDX format: LeCun et al., "The MNIST database" (big-endian
@@ -346,11 +347,9 @@ def load_images(kind: str, parts: Sequence[str], data_dir: str | None) -> Images
             warnings.warn(f"{kind}: using {loaded.source['location']}; tried first: " + "; ".join(tried),
                           stacklevel=2)
         return loaded
-    if data_dir is not None:
-        raise DataUnavailableError(
-            f"data directory {directory} (given with --data-dir or a sweep's data_dir) cannot provide {kind}: "
-            + "; ".join(tried) + f". Point it at a folder with the IDX files of {kind}, or leave it out to let "
-            f"{DATA_ENV} or the fallbacks serve")
+    if data_dir:
+        raise DataUnavailableError(f"the data directory {directory} cannot provide {kind}: " + "; ".join(tried)
+                                   + ". " + _how_to_get(kind))
     listing = "\n".join(f"  {i}. {line}" for i, line in enumerate(tried, start=1))
     files = ", ".join(f"{p}-{w}-idx{3 if w == 'images' else 1}-ubyte.gz" for p in parts for w in ("images", "labels"))
     raise DataUnavailableError(

@@ -7,9 +7,10 @@ from typing import Any, Mapping
 
 import torch
 
-from invbench.data import TEST, TRAIN, VAL, Dataset, DatasetFamily, Environment, holdout_split
+from invbench.data import Dataset, DatasetFamily, Environment, holdout_split
 from invbench.hparams import HParam, seed_hash
 from invbench.registry import DATASETS
+from invbench.splits import TEST, TRAIN, VAL
 from invbench.tasks import Task
 
 

@@ -22,12 +22,13 @@ import shutil
 import sys
 from pathlib import Path
 
+from invbench.results.selection import SELECTIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 SWEEP = FIXTURES / "golden_sweep"
 EXPECTED = FIXTURES / "golden_expected"
 METHODS = ("erm", "irm", "vrex", "groupdro")  # those registered when the fixture is made
-SELECTIONS = ("training_domain", "loo", "oracle", "last")
 FORMATS = {"md": "md", "latex": "tex", "csv": "csv"}
 
 

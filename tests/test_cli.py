@@ -45,11 +45,36 @@ def test_run_twice_writes_identical_metric_lines_and_collect_reads_them(cli, tmp
     assert f"| erm | 1 | {last['envs']['sigma=5']['train']['mse']:.4g} |" in table.stdout
 
 
-def test_input_error_found_inside_the_run_exits_2_and_is_recorded(cli, tmp_path):
-    out = cli("run", "-d", "linear_sem", "-m", "erm", "--set", "batch_size=5000", "--out", tmp_path)
-    assert out.returncode == 2
-    assert "fewer than batch_size=5000" in out.stderr
-    assert "batch_size=5000" in json.loads(next(tmp_path.glob("*/error.json")).read_text())["message"]
+def test_input_errors_that_only_the_data_tells_stop_run_before_it_starts(tmp_path, monkeypatch, capsys):
+    """One line, exit 2, and no run directory: not a failed run with an error.json."""
+    import warnings
+
+    from invbench.cli import main
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # main() replaces it
+    monkeypatch.setenv("INVBENCH_OFFLINE", "1")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "runs"
+    sem = ["-d", "linear_sem", "-o", "n_per_env=100"]
+    cases = [
+        ([*sem, "--set", "batch_size=500"], "linear_sem with erm (draw 0): environment 0 (sigma=0.2) has 100 training "
+                                            "examples, fewer than batch_size=500"),
+        ([*sem, "--model", "mlp_grayscale"], "linear_sem: model 'mlp_grayscale' needs "
+                                             "(channels, ...) inputs; the data have inputs of shape (10,)"),
+        ([*sem, "--model", "cnn"], "linear_sem: model 'cnn' needs (channels, height, width) inputs"),
+        ([*sem, "--device", "tpu"], "--device 'tpu' is not a device; allowed: auto, cpu, cuda or cuda:N"),
+        (["-d", "cmnist_irm", "--data-dir", str(empty)], f"cmnist_irm: the data directory {empty} cannot provide mnist"),
+    ]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append(([*sem, "--device", "cuda"], "--device 'cuda' was asked for but CUDA is not available"))
+    for extra, message in cases:
+        code = main(["run", "-m", "erm", "--steps", "1", *extra, "--out", str(out)])
+        stderr = capsys.readouterr().err
+        assert code == 2 and len(stderr.strip().splitlines()) == 1 and message in stderr, (extra, stderr)
+        assert not out.exists(), extra
 
 
 FAILING_METHOD = '''
@@ -65,6 +90,18 @@ class Failing(ERM):
         if step == 2:
             raise RuntimeError("planted failure")
         return super().objective(model, batches, step)
+
+
+@METHODS.register("bad_input")
+class BadInput(ERM):
+    """Finds bad input at step 2, too late for any check before the run."""
+
+    def objective(self, model, batches, step):
+        if step == 2:
+            from invbench.errors import ConfigError
+
+            raise ConfigError("planted input error")
+        return super().objective(model, batches, step)
 '''
 
 
@@ -76,6 +113,10 @@ def test_failing_run_exits_1_with_its_error_recorded(cli, tmp_path):
     assert "planted failure" in out.stderr
     error = json.loads(next((tmp_path / "runs").glob("*/error.json")).read_text())
     assert error["type"] == "RuntimeError" and "Traceback" in error["traceback"]
+    # bad input found only inside the run is still an input error (exit 2), and recorded
+    out = cli("run", "-d", "linear_sem", "-m", "bad_input", "--steps", "5", "--out", tmp_path / "late", env=env)
+    assert out.returncode == 2 and "planted input error" in out.stderr, out.stderr
+    assert "planted input error" in json.loads(next((tmp_path / "late").glob("*/error.json")).read_text())["message"]
 
 
 def test_warnings_are_shown_once_without_source_lines(cli, tmp_path):

@@ -13,7 +13,8 @@ from slurm_cluster import steps_of, sweep_text
 
 from invbench.runner import run
 from invbench.sweep import launcher
-from invbench.sweep.config import apply_overrides, expand, load_sweep
+from invbench.sweep.expansion import expand
+from invbench.sweep.schema import apply_overrides, load_sweep
 
 
 def write(tmp_path, name="sweep.toml", **kwargs):

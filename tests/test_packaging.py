@@ -62,7 +62,7 @@ def test_wheel_installs_beside_a_package_named_datasets(wheel, tmp_path):
     code = (
         "import datasets, invbench, invbench.datasets, invbench.methods\n"
         "from invbench.registry import DATASETS, METHODS\n"
-        "from invbench.sweep.config import shipped_sweeps\n"
+        "from invbench.sweep.schema import shipped_sweeps\n"
         "assert datasets.WHO == 'huggingface', datasets.__file__\n"
         f"assert invbench.__file__.startswith({str(site)!r}), invbench.__file__\n"
         "assert 'linear_sem' in DATASETS.names() and 'irm' in METHODS.names()\n"

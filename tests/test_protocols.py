@@ -12,7 +12,8 @@ from invbench.method import Method
 from invbench.methods._penalty import ScheduledPenaltyMethod, schedule_hparams
 from invbench.registry import DATASETS, METHODS
 from invbench.spec import hparam_space, make_spec
-from invbench.sweep.config import apply_overrides, expand, load_sweep, shipped_sweeps
+from invbench.sweep.expansion import expand
+from invbench.sweep.schema import apply_overrides, load_sweep, shipped_sweeps
 
 
 @pytest.fixture

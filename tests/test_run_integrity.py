@@ -190,7 +190,7 @@ def test_a_subset_result_is_not_done_for_real_data_and_a_bad_data_dir_is_an_erro
             "--device", "cpu", "--data-dir", str(nowhere), "--out", str(out)]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert f"invbench: error: data directory {nowhere} (given with --data-dir" in err and "Traceback" not in err
+    assert f"the data directory {nowhere} cannot provide mnist: " in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     # real data: the subset's run is set aside (kept), the run trains on the real images
     real = tmp_path / "mnist"
@@ -211,7 +211,8 @@ def test_a_subset_result_is_not_done_for_real_data_and_a_bad_data_dir_is_an_erro
 def test_a_sweep_launch_with_real_data_reruns_runs_done_on_the_subset(tmp_path, subset_only):
     import io
 
-    from invbench.sweep.config import apply_overrides, expand, load_sweep
+    from invbench.sweep.expansion import expand
+    from invbench.sweep.schema import apply_overrides, load_sweep
     from invbench.sweep.launcher import launch
 
     path = tmp_path / "sweep.toml"

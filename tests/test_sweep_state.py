@@ -12,8 +12,8 @@ from invbench.runner import DONE, ERROR, STARTED, run_lock
 from invbench.spec import make_spec
 from invbench.sweep.executors.base import LauncherLock
 from invbench.sweep.progress import Progress, eta_seconds, format_duration
-from invbench.sweep.state import (DONE_STATE, FAILED, NOT_LAUNCHED, QUEUED, RUNNING, STALE, run_states,
-                                   write_launch)
+from invbench.sweep.launches import write_launch
+from invbench.sweep.state import DONE_STATE, FAILED, NOT_LAUNCHED, QUEUED, RUNNING, STALE, run_states
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
-SELECTIONS = ("training_domain", "loo", "oracle", "last")
+from invbench.results.selection import SELECTIONS, STRATEGIES
 
 
 def register(sub) -> None:
@@ -24,9 +24,8 @@ def register(sub) -> None:
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", help="a folder of run directories (searched recursively)")
     parser.add_argument("--selection", "-s", choices=SELECTIONS,
-                        help="model selection: training-domain validation, leave-one-environment-out, "
-                             "test-domain oracle, or the last checkpoint (IRM protocol); default: training-domain "
-                             "validation when the runs have a val split, else the last checkpoint")
+                        help="model selection: " + ", ".join(f"{name} ({cls.title})" for name, cls in STRATEGIES.items())
+                             + "; default: training-domain validation when the runs have a val split, else the last checkpoint")
     parser.add_argument("--format", "-f", default="md", choices=("md", "latex", "csv", "html"),
                         help="table format on stdout (default md)")
     parser.add_argument("--plots", metavar="DIR", help="write the plots (PNG) to DIR")

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from invbench.errors import ConfigError
+from invbench.sweep.schema import DEVICES
 
 
 def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
@@ -35,9 +36,9 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="training steps (default: the protocol's)")
     parser.add_argument("--eval-every", type=int, help="evaluate every N steps")
     parser.add_argument("--holdout", type=float, dest="holdout_fraction", help="fraction held out as 'val'")
-    parser.add_argument("--model", help="model (default: the protocol's or the dataset's): mlp, mlp_grayscale, linear, linear_nobias, cnn")
+    parser.add_argument("--model", help="model (default: the protocol's or the dataset's; `invbench list models` lists them)")
     parser.add_argument("--data-dir", help="where image datasets look for data (or INVBENCH_DATA)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--device", default="auto", help=f"{DEVICES} (default auto)")
 
 
 def spec_from_args(args: argparse.Namespace):

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from invbench.commands.collect import SELECTIONS
+from invbench.results.selection import SELECTIONS, TRAINING_DOMAIN
 
 
 def register(sub) -> None:
@@ -85,4 +85,4 @@ def _default_selection(*sources: str) -> str:
             name, why = default_selection(Path(source))
             print(f"invbench: selection {name} ({why}; --selection picks another)", file=sys.stderr)
             return name
-    return "training_domain"  # neither side readable: per_trial_values says why
+    return TRAINING_DOMAIN  # neither side readable: per_trial_values says why

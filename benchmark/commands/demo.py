@@ -20,8 +20,8 @@ def register(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from invbench.sweep import launcher
-    from invbench.sweep.config import apply_overrides, load_sweep, shipped_sweeps
     from invbench.sweep.remembered import remember
+    from invbench.sweep.schema import apply_overrides, load_sweep, shipped_sweeps
 
     flags = {"out": args.out, "executor": "local", "workers": args.workers}
     config = apply_overrides(load_sweep(shipped_sweeps()["demo"]), **flags)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from invbench.commands.common import add_spec_arguments, spec_from_args
+from invbench.rundir import read_done
 
 
 def register(sub) -> None:
@@ -22,12 +23,17 @@ def register(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from invbench.rundir import DONE
     from invbench.runner import run
+    from invbench.sweep.preflight import check_device, check_output, preflight
 
     spec = spec_from_args(args)
+    # bad input is one line before the run directory exists, not a failed run
+    check_device(spec.device)
+    check_output(args.out)
+    already_done = read_done(Path(args.out) / spec.dirname, spec.run_id) is not None
+    if not already_done:  # a finished run needs no checks of its data (the runner checks its source)
+        preflight([spec])
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
-    already_done = (Path(args.out) / spec.dirname / DONE).exists()
     run_dir = run(spec, args.out, log=log)
     print(run_dir, flush=True)
     if not args.quiet:
@@ -43,6 +49,7 @@ def final_scores(run_dir: Path) -> str:
     from invbench.metrics import metric, score_metric
     from invbench.results.load import source_label
     from invbench.rundir import DATASET, METRICS
+    from invbench.splits import SPLITS
 
     meta = read_json(run_dir / DATASET)
     records = [record for _, record, _ in iter_jsonl(run_dir / METRICS) if isinstance(record, dict)]
@@ -52,7 +59,7 @@ def final_scores(run_dir: Path) -> str:
     score = score_metric(meta["task"])
     names = list(meta["env_names"])
     tests = {names[i] for i in meta.get("test_envs", [])}
-    splits = [s for s in ("train", "val", "test") if any(s in last["envs"].get(e, {}) for e in names)]
+    splits = [s for s in SPLITS if any(s in last["envs"].get(e, {}) for e in names)]
     rows = [["environment", "role", *(f"{split} split" for split in splits)]]
     for env in names:
         values = last["envs"].get(env, {})

@@ -2,6 +2,8 @@
 
 The flags of a launch are kept with its runs (invbench.sweep.remembered): the next command
 needs only FILE, or the folder the sweep was launched into; a flag given again wins.
+The flags' meanings come from the sweep file's declarations (invbench.sweep.schema): a
+flag overrides the key of the same name.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from invbench.sweep.executors import EXECUTORS
+from invbench.sweep.schema import SLURM_FLAG_KEYS, ExecutorSettings, SweepConfig, describe, flag
 
 
 def register(sub) -> None:
@@ -21,42 +26,30 @@ def register(sub) -> None:
         "cancel": "stop the sweep's queued and running runs (they read cancelled; launch resumes them)",
     }
     for action, text in helps.items():
-        p = actions.add_parser(action, help=text, description=text)
+        p = actions.add_parser(action, help=text, description=f"{text}. A flag overrides the sweep file's key "
+                                                                  "of the same name.")
         p.add_argument("file", help="a sweep file (TOML), the name of a shipped one (e.g. demo), or the folder "
                                     "a sweep was launched into (its launch's flags are kept there)")
-        p.add_argument("--out", help="root of the run directories (overrides the file's out)")
+        p.add_argument("--out", help=describe(SweepConfig, "out"))
         if action in ("launch", "retry"):
-            p.add_argument("--executor", choices=("inline", "local", "slurm"), help="overrides [executor] kind")
-            p.add_argument("--workers", type=int, help="local: worker processes (0 = the number of cores)")
-            p.add_argument("--threads", type=int, help="torch threads per run (0 = cores // workers locally, cpus_per_task on SLURM)")
-            p.add_argument("--runs-per-task", type=int, help="slurm: runs sharing one array task")
+            p.add_argument("--executor", choices=EXECUTORS, help=describe(ExecutorSettings, "kind"))
+            for name in ("workers", "threads", "runs_per_task"):
+                p.add_argument(flag(name), type=int, help=describe(ExecutorSettings, name))
             p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
-                           help="a SLURM setting (repeatable): partition, account, qos, time_min, mem_gb, "
-                                "cpus_per_task, gpus_per_node, array_parallelism, job_name")
+                           help="an [executor.slurm] setting (repeatable): " + ", ".join(SLURM_FLAG_KEYS))
         if action != "cancel":
-            p.add_argument("--steps", type=int, help="training steps of every run")
-            p.add_argument("--eval-every", type=int, help="evaluation interval of every run")
-            p.add_argument("--trials", type=int, help="number of trials (data seeds)")
-            p.add_argument("--hparam-draws", type=int, help="number of hyperparameter draws, >= 1 (draw 0 is the defaults)")
-            p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-            p.add_argument("--data-dir", help="where image datasets look for data")
+            for name in ("steps", "eval_every", "trials", "hparam_draws"):
+                p.add_argument(flag(name), type=int, help=describe(SweepConfig, name))
+            for name in ("device", "data_dir"):
+                p.add_argument(flag(name), help=describe(SweepConfig, name))
         p.set_defaults(func=main)
 
 
 def _slurm_settings(items: list[str] | None) -> dict | None:
     from invbench.commands.common import parse_assignments
 
-    values = parse_assignments(items, "--slurm")
-    out = {}
-    for key, value in values.items():
-        try:
-            out[key] = int(value)
-        except ValueError:
-            try:
-                out[key] = float(value)
-            except ValueError:
-                out[key] = value
-    return out or None
+    # strings: each [executor.slurm] key's rule converts its own value
+    return parse_assignments(items, "--slurm") or None
 
 
 def _given(args: argparse.Namespace) -> dict:
@@ -72,7 +65,7 @@ def load(args: argparse.Namespace):
     """The sweep with the launch's remembered flags and this command's on top; returns
     (config, the merged flags, the sweep file's text when it came from the record)."""
     from invbench.sweep import remembered
-    from invbench.sweep.config import apply_overrides, load_sweep
+    from invbench.sweep.schema import apply_overrides, load_sweep
 
     given = _given(args)
     text = None
@@ -100,7 +93,7 @@ def _from_folder(folder: Path, out: str | None, action: str):
     """The sweep launched into ``folder``, from the record its launch left there."""
     from invbench.errors import ConfigError
     from invbench.sweep import remembered
-    from invbench.sweep.config import parse_sweep
+    from invbench.sweep.schema import parse_sweep
 
     try:
         import tomllib

@@ -25,7 +25,7 @@ from typing import Any
 
 from invbench.metrics import ACCURACY, metric as metric_meaning
 from invbench.results.load import Results
-from invbench.results.selection import TRAIN_ENVS, Missing, SelectionStrategy, candidates_from
+from invbench.results.selection import DEFAULT_SELECTION, TRAIN_ENVS, Missing, SelectionStrategy, candidates_from
 
 AVG, WORST = "avg", "worst"
 
@@ -205,7 +205,7 @@ def _cell(values: list[float], reasons: list[str], metric: str, why: dict[str, i
     return Cell(note="no runs", metric=metric)
 
 
-def collect(root, selection: str = "training_domain", include_unfinished: bool = False) -> Leaderboard:
+def collect(root, selection: str = DEFAULT_SELECTION, include_unfinished: bool = False) -> Leaderboard:
     """Load ``root`` and build its leaderboard with the named selection strategy."""
     from invbench.results.load import load_runs
     from invbench.results.selection import get_strategy

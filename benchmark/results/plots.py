@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from invbench.metrics import metric
+from invbench.splits import TRAIN
 
 
 def _pyplot():
@@ -84,7 +85,7 @@ def curves(board, table, records):
                              & (board.per_trial["metric"] == table.metric)]
     runs = set(chosen["run"])
     sub = records[records["run"].isin(runs)]
-    evals = sub[(sub["kind"] == "eval") & (sub["metric"] == table.metric) & (sub["split"] == "train")].copy()
+    evals = sub[(sub["kind"] == "eval") & (sub["metric"] == table.metric) & (sub["split"] == TRAIN)].copy()
     evals["role"] = [("test env" if env in tests else "training envs") for env, tests in zip(evals["env"], evals["test_envs"])]
     evals = evals.groupby(["method", "run", "step", "role"], as_index=False)["value"].mean()
     evals["value"] = evals["value"] * metric(table.metric).scale

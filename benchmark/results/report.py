@@ -10,6 +10,8 @@ import base64
 import html
 from pathlib import Path
 
+from invbench.results.selection import DEFAULT_SELECTION, LAST
+
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; max-width: 80em; }
 table.leaderboard { border-collapse: collapse; margin: 1em 0; }
@@ -59,7 +61,7 @@ def _stem(table, board) -> str:
     return _slug(f"{table.dataset}-{table.source}-{board.selection}") + "-"
 
 
-def write_report(root: Path | str, out_file: Path | str, selection: str = "training_domain",
+def write_report(root: Path | str, out_file: Path | str, selection: str = DEFAULT_SELECTION,
                  plots_dir: Path | str | None = None, include_unfinished: bool = False):
     """Collect ``root``, write the plots (to ``plots_dir`` or beside the report) and the HTML report."""
     from invbench.results.aggregate import build_leaderboard
@@ -76,7 +78,7 @@ def write_report(root: Path | str, out_file: Path | str, selection: str = "train
     return board, plots
 
 
-def demo_summary(root: Path, report_dir: Path, selection: str = "last") -> str:
+def demo_summary(root: Path, report_dir: Path, selection: str = LAST) -> str:
     """Write report_dir/report.html and report_dir/plots/*.png; return the Markdown leaderboard.
 
     The demo runs one configuration per method without a val split, so its numbers are

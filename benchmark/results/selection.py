@@ -19,7 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
-TRAIN, VAL, TEST = "train", "val", "test"
+from invbench.splits import SPLITS, TEST, TRAIN, VAL
+
+# The selection strategies' names: the CLI's --selection choices and the tables' labels.
+TRAINING_DOMAIN, LOO, ORACLE, LAST = "training_domain", "loo", "oracle", "last"
+DEFAULT_SELECTION = TRAINING_DOMAIN
 
 
 @dataclass
@@ -104,7 +108,7 @@ class TrainingDomainValidation(SelectionStrategy):
     score over the training environments is best; then the draw with the best such value.
     """
 
-    name = "training_domain"
+    name = TRAINING_DOMAIN
     title = "training-domain validation"
 
     def select(self, candidates, test_envs, env):
@@ -131,7 +135,7 @@ class TestDomainOracle(SelectionStrategy):
     only the last checkpoint (no early stopping on test data).
     """
 
-    name = "oracle"
+    name = ORACLE
     title = "test-domain oracle"
 
     def select(self, candidates, test_envs, env):
@@ -160,7 +164,7 @@ class LastCheckpoint(SelectionStrategy):
     is nothing to choose by, so the cell is missing rather than silently picking one.
     """
 
-    name = "last"
+    name = LAST
     title = "last checkpoint"
 
     def select(self, candidates, test_envs, env):
@@ -183,7 +187,7 @@ class LeaveOneEnvironmentOut(SelectionStrategy):
     the best draw, and report t from the run whose only test env is t, at that step.
     """
 
-    name = "loo"
+    name = LOO
     title = "leave-one-environment-out"
 
     def select(self, candidates, test_envs, env):
@@ -245,6 +249,7 @@ def _env_order(c: Candidate) -> list[str]:
 STRATEGIES: dict[str, type[SelectionStrategy]] = {
     cls.name: cls for cls in (TrainingDomainValidation, LeaveOneEnvironmentOut, TestDomainOracle, LastCheckpoint)
 }
+SELECTIONS = tuple(STRATEGIES)
 
 
 def get_strategy(name: str) -> SelectionStrategy:
@@ -273,7 +278,7 @@ def candidates_from(results) -> dict[tuple, list[Candidate]]:
             continue
         scores = frame.pivot_table(index="step", columns=["env", "split"], values="value", aggfunc="last")
         order = [e for e in row.env_names if e in scores.columns.get_level_values(0)]
-        scores = scores.reindex(columns=[(e, s) for e in order for s in (TRAIN, VAL, TEST) if (e, s) in scores.columns])
+        scores = scores.reindex(columns=[(e, s) for e in order for s in SPLITS if (e, s) in scores.columns])
         ex = extra_groups.get(row.run)
         ex = ex.pivot_table(index="step", columns="metric", values="value", aggfunc="last") if ex is not None else None
         candidate = Candidate(run=row.run, config=row.config, hparams_seed=row.hparams_seed,

@@ -4,8 +4,10 @@
 and cancelled runs); run it again at any time: it reattaches to what is alive and never
 starts a run twice (a run's lock is a second guard should two launchers race). Failed runs
 wait for ``retry``, since a run that raised usually raises again until something is fixed;
-``retry`` starts failed, stale and cancelled runs only. Everything is validated before
-anything is submitted.
+``retry`` starts failed, stale and cancelled runs only. Everything is checked before
+anything is submitted: the sweep file (schema.py), its names (expansion.py), then what only
+this machine and the data can tell (preflight.py). `status` and `cancel` read the run list
+that `launch` stored (runlist.py) instead of expanding.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ import sys
 from collections import Counter
 from typing import Any, Callable, TextIO
 
-from invbench.sweep.config import SweepConfig, check_local_device, expand, preflight
 from invbench.sweep.executors import executor_class
+from invbench.sweep.expansion import expand
+from invbench.sweep.launches import read_launch
+from invbench.sweep.preflight import check_local_device, check_output, preflight
 from invbench.sweep.progress import eta_seconds, format_duration
+from invbench.sweep.runlist import store_runlist, sweep_specs
+from invbench.sweep.schema import SweepConfig
 from invbench.sweep.state import (CANCELLED, DONE_STATE, FAILED, NOT_LAUNCHED, QUEUED, RUNNING, STALE, STATES,
                                    RunState, job_order, mark_cancelled, run_states)
 
@@ -34,10 +40,11 @@ def launch(config: SweepConfig, *, mode: str = "launch", stream: TextIO | None =
     ``before_submit`` runs once everything is validated, before anything is submitted (the
     commands keep the launch's flags with the runs there)."""
     stream = stream or sys.stderr
-    specs = expand(config)
+    specs = expand(config, note=lambda line: print(line, file=stream))
     executor = make_executor(config)
     executor.check()
     check_local_device(config)
+    check_output(config.out_root)
     states = run_states(specs, config.out_root)
     to_run = [s.spec for s in states if s.state in LAUNCHABLE[mode]]
     if mode == "launch":
@@ -51,6 +58,8 @@ def launch(config: SweepConfig, *, mode: str = "launch", stream: TextIO | None =
     preflight(to_run)
     if before_submit is not None:
         before_submit()
+    if to_run or config.out_root.is_dir():
+        store_runlist(config, specs)  # `status` and `cancel` read it instead of expanding again
     counts = Counter(s.state for s in states)
     print(f"sweep {config.name} ({config.out_root}): {len(specs)} runs; {_counts_line(counts)}", file=stream)
     if mode == "launch" and counts[FAILED]:
@@ -90,8 +99,7 @@ def _counts_line(counts: Counter) -> str:
 def status(config: SweepConfig) -> tuple[str, list[RunState]]:
     """A report: counts per state, per dataset and method, failed and stale runs with their
     reason, progress and ETA."""
-    specs = expand(config)
-    states = run_states(specs, config.out_root)
+    states = run_states(sweep_specs(config), config.out_root)
     return render_status(config, states), states
 
 
@@ -147,9 +155,7 @@ def render_status(config: SweepConfig, states: list[RunState]) -> str:
 def cancel(config: SweepConfig) -> list[str]:
     """Stop the sweep's queued and running runs, in job-id order, and record the cancellation
     in their launch.json: they read "cancelled", and `launch` resumes them."""
-    specs = expand(config)
-    states = run_states(specs, config.out_root)
-    from invbench.sweep.state import read_launch
+    states = run_states(sweep_specs(config), config.out_root)
 
     chosen = [s for s in states if s.state in (QUEUED, RUNNING) and s.executor]
     by_kind: dict[str, list[dict[str, Any]]] = {}

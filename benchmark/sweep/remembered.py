@@ -46,7 +46,7 @@ def recall(out_root: Path | str, name: str) -> dict | None:
     path = record_path(out_root, name)
     try:
         record = read_json(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # never launched there (or no folder at all)
         return None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path} (the launch's flags) is unreadable ({exc}); move it away and give the flags "

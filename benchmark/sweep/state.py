@@ -13,22 +13,23 @@ States:
   cancelled     stopped by `invbench sweep cancel` (which records it in launch.json) and not
                 finished; `launch` starts cancelled runs again.
 
-launch.json (written atomically at submission) stores the executor, its job id and the
-submission time: the executor is asked whether that job is still alive.
+A run's launch.json (invbench.sweep.launches) names its executor and job: the executor is
+asked whether that job is still alive.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from invbench.io import atomic_write_json, read_json
+from invbench.io import read_json
 from invbench.rundir import ERROR, STARTED, is_locked, read_done
+from invbench.sweep.executors import executor_class
+# job_order and mark_cancelled are used with the states by the launcher
+from invbench.sweep.launches import JobState, job_order, mark_cancelled, read_launch  # noqa: F401
 
-LAUNCH = "launch.json"
 NOT_LAUNCHED, QUEUED, RUNNING, DONE_STATE, FAILED, STALE, CANCELLED = (
     "not launched", "queued", "running", "done", "failed", "stale", "cancelled")
 STATES = (NOT_LAUNCHED, QUEUED, RUNNING, DONE_STATE, FAILED, STALE, CANCELLED)
@@ -47,41 +48,6 @@ class RunState:
     wall_time: float | None = None  # of a done run
 
 
-@dataclass(frozen=True)
-class JobState:
-    """What an executor says about one job id."""
-
-    alive: bool  # queued or running there
-    running: bool = False  # the task is executing (SLURM RUNNING)
-    reason: str = ""  # why it is gone, when not alive
-    failed: bool = False  # gone in a way that is the run's failure (OOM, time limit), not a cancel
-    tail: str = ""
-
-
-def write_launch(run_dir: Path, executor: str, job_id: str, **extra: Any) -> None:
-    atomic_write_json(Path(run_dir) / LAUNCH, {"executor": executor, "job_id": job_id, "time": time.time(), **extra})
-
-
-def mark_cancelled(run_dir: Path, when: float | None = None) -> None:
-    """Record in launch.json that `invbench sweep cancel` stopped this submission (the next
-    submission writes a fresh launch.json, which forgets it)."""
-    launch = read_launch(run_dir)
-    if launch is not None:
-        atomic_write_json(Path(run_dir) / LAUNCH, {**launch, "cancelled": time.time() if when is None else when})
-
-
-def job_order(job_id: str) -> list:
-    """Sort key of job ids in numeric order: SLURM's 7_2 before 7_10."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(job_id))]
-
-
-def read_launch(run_dir: Path) -> dict | None:
-    try:
-        return read_json(Path(run_dir) / LAUNCH)
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def _read(path: Path) -> dict | None:
     try:
         return read_json(path)
@@ -97,8 +63,6 @@ def error_summary(error: dict) -> tuple[str, str]:
 
 def run_states(specs: Iterable[Any], out_root: Path) -> list[RunState]:
     """The state of every spec's run under out_root, asking each executor once for all its jobs."""
-    from invbench.sweep.executors import executor_class
-
     specs = list(specs)
     dirs = [Path(out_root) / spec.dirname for spec in specs]
     launches = [read_launch(d) for d in dirs]

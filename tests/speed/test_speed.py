@@ -47,7 +47,7 @@ def _one_step(dataset_name: str, method_name: str):
     """The trainer's step (objective, l2, penalty, divide, backward, Adam) on a built spec."""
     import torch
 
-    from invbench.data import TRAIN
+    from invbench.splits import TRAIN
     from invbench.models import build_model
     from invbench.registry import METHODS as REGISTRY
     from invbench.trainer import MinibatchSampler, make_optimizer
@@ -103,7 +103,7 @@ def test_launcher_per_run_overhead(benchmark, tmp_path):
     Compare with test_runner_one_step_run: the difference is the launcher's own cost
     (expansion, preflight, state scans, locks) per run.
     """
-    from invbench.sweep.config import DatasetEntry, ExecutorSettings, SweepConfig
+    from invbench.sweep.schema import DatasetEntry, ExecutorSettings, SweepConfig
     from invbench.sweep.launcher import launch
 
     rounds = iter(range(1_000_000))

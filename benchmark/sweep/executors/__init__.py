@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import importlib
 
-_MODULES = {"inline": ("inline", "InlineExecutor"), "local": ("local", "LocalExecutor"),
-            "slurm": ("slurm", "SlurmExecutor")}
+# kind -> (module, class, what it does): the one list of executor kinds.
+_KINDS = {
+    "inline": ("inline", "InlineExecutor", "one run after another in this process, for debugging"),
+    "local": ("local", "LocalExecutor", "worker processes on this machine"),
+    "slurm": ("slurm", "SlurmExecutor", "SLURM job arrays, through submitit"),
+}
+EXECUTORS = tuple(_KINDS)
+
+
+def describe_executors() -> str:
+    return "; ".join(f"{kind}: {text}" for kind, (_, _, text) in _KINDS.items())
 
 
 def executor_class(kind: str):
     """The executor class of ``kind``; KeyError when there is none."""
-    module, name = _MODULES[kind]
+    module, name, _ = _KINDS[kind]
     return getattr(importlib.import_module(f"invbench.sweep.executors.{module}"), name)

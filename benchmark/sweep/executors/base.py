@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from invbench.io import pid_alive
 from invbench.rundir import lock_held
-from invbench.sweep.state import JobState
+from invbench.sweep.launches import JobState
 
 LAUNCHERS = Path(".invbench") / "launchers"
 

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from invbench.sweep.executors.base import InProcessExecutor, LauncherLock
 from invbench.sweep.progress import Progress
-from invbench.sweep.state import write_launch
+from invbench.sweep.launches import write_launches
 
 
 class InlineExecutor(InProcessExecutor):
@@ -23,8 +23,8 @@ class InlineExecutor(InProcessExecutor):
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         with LauncherLock(self.out_root) as lock:
-            for spec in specs:
-                write_launch(self.out_root / spec.dirname, self.kind, lock.job_id, **lock.launch_fields())
+            write_launches([(self.out_root / spec.dirname, lock.job_id) for spec in specs], self.kind,
+                           **lock.launch_fields())
             progress = Progress(len(specs), 1)
             done = failed = 0
             for spec in specs:

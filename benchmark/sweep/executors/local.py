@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from invbench.sweep.executors.base import InProcessExecutor, LauncherLock
 from invbench.sweep.progress import Progress
-from invbench.sweep.state import write_launch
+from invbench.sweep.launches import write_launches
 from invbench.warn import forward_warnings, show as show_warning
 
 PR_SET_PDEATHSIG = 1
@@ -99,8 +99,8 @@ class LocalExecutor(InProcessExecutor):
         _start_quiet_resource_tracker()
         tasks, results = ctx.Queue(), ctx.Queue()
         with LauncherLock(self.out_root) as lock:
-            for spec in specs:
-                write_launch(self.out_root / spec.dirname, self.kind, lock.job_id, **lock.launch_fields())
+            write_launches([(self.out_root / spec.dirname, lock.job_id) for spec in specs], self.kind,
+                           **lock.launch_fields())
             for item in enumerate(specs):
                 tasks.put(item)
             print(f"local: {len(specs)} run(s) on {n_workers} worker(s) x {threads} torch thread(s)", file=sys.stderr)

@@ -10,14 +10,16 @@ Job states come from sacct (submitit's parser): accounting must be enabled.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Sequence
 
-from invbench.errors import ConfigError
+from invbench.errors import ConfigError, SubmissionError
 from invbench.sweep.executors.base import Executor
-from invbench.sweep.state import JobState, job_order, write_launch
+from invbench.sweep.launches import JobState, job_order, write_launches
 
 SUBMITIT_FOLDER = ".submitit"
 PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED",
@@ -133,11 +135,17 @@ class SlurmExecutor(Executor):
         executor.update_parameters(**self.parameters(threads))
         groups = chunks(list(specs), self.settings.runs_per_task)
         tasks = [RunTask(group, str(self.out_root.resolve()), threads) for group in groups]
-        with executor.batch():
-            jobs = [executor.submit(task) for task in tasks]
-        for job, group in zip(jobs, groups):
-            for spec in group:
-                write_launch(self.out_root / spec.dirname, self.kind, str(job.job_id), folder=str(self.folder))
+        # submitit prints sbatch's complaint itself before raising: it goes into our one line
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(printed), executor.batch():
+                jobs = [executor.submit(task) for task in tasks]
+        except Exception as exc:  # sbatch refused the array: nothing was submitted
+            said = " ".join(str(exc).split()) or " ".join(printed.getvalue().split()) or type(exc).__name__
+            raise SubmissionError(f"sbatch refused the job array of {len(specs)} run(s), nothing was submitted: "
+                                  f"{said}") from None
+        write_launches([(self.out_root / spec.dirname, str(job.job_id)) for job, group in zip(jobs, groups)
+                        for spec in group], self.kind, folder=str(self.folder))
         return [str(job.job_id) for job in jobs]
 
     @classmethod
