@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import itertools
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -96,17 +97,26 @@ def run_status(run_dir: Path, run_id: str | None = None) -> str:
     return "missing"
 
 
+SET_ASIDE_STAMP = "%Y%m%dT%H%M%S"
+_SET_ASIDE_NAME = re.compile(r"\.[A-Za-z0-9._-]+-\d{8}T\d{6}(\.\d+)?$")
+
+
 def set_aside(path: Path, label: str = "broken") -> Path:
     """Rename ``path`` (a file or a whole run directory) to ``NAME.LABEL-TIME`` beside it and
     return the new path: kept for a person to look at, never deleted, never read again."""
     path = Path(path)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
+    stamp = time.strftime(SET_ASIDE_STAMP)
     for n in itertools.count():
         target = path.with_name(f"{path.name}.{label}-{stamp}{f'.{n}' if n else ''}")
         if not target.exists():
             break
     os.rename(path, target)
     return target
+
+
+def is_set_aside(name: str) -> bool:
+    """Whether a file or folder name is one that set_aside gave (readers skip those)."""
+    return _SET_ASIDE_NAME.search(name) is not None
 
 
 @contextlib.contextmanager
@@ -143,6 +153,22 @@ def lock_held(path: str | Path) -> bool:
 def is_locked(run_dir: Path) -> bool:
     """Whether a live process is training the run now (its lock is held)."""
     return lock_held(Path(run_dir) / LOCK)
+
+
+def source_in_question(recorded: Any, data_dir: str | None) -> bool:
+    """Whether a done run must look at what its data resolves to now before it counts as
+    done: when it was trained on a fallback subset (real data may be there now) or the
+    request names a data directory (which must serve, and may hold other data). Otherwise
+    a done run stays done without building any data."""
+    return data_dir is not None or not isinstance(recorded, dict) or bool(recorded.get("subset"))
+
+
+def superseded(recorded: Any, current: dict) -> bool:
+    """Whether a done run's data source gives way to the one its data resolves to now: any
+    other data does, except a fallback subset, which never displaces a result on real data."""
+    if same_source(recorded, current):
+        return False
+    return not (current.get("subset") and isinstance(recorded, dict) and not recorded.get("subset"))
 
 
 def same_source(recorded: Any, current: dict) -> bool:

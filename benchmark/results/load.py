@@ -31,7 +31,7 @@ from typing import Any
 
 from invbench.io import iter_jsonl, read_json
 from invbench.metrics import SCORE_METRIC
-from invbench.rundir import DATASET, LOCK, METRICS, RUN_FILES, SPEC, check_done, run_status
+from invbench.rundir import DATASET, LOCK, METRICS, RUN_FILES, SPEC, check_done, is_set_aside, run_status
 
 # Columns describing a run, repeated on each of its rows.
 RUN_COLUMNS = ["run", "run_id", "dataset", "options", "source", "method", "config", "hparams_seed", "trial",
@@ -147,7 +147,7 @@ RUN_MARKERS = frozenset(RUN_FILES) | {LOCK}
 def find_run_dirs(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Every folder under ``root`` (itself included) holding a file that a run writes, and
     the folders that could not be listed, with why. Hidden folders (.submitit, .invbench)
-    are not searched."""
+    and run directories set aside (DIR.data-SOURCE-TIME, DIR.broken-TIME) are not searched."""
     found: list[Path] = []
     unlisted: list[tuple[Path, str]] = []
 
@@ -155,7 +155,7 @@ def find_run_dirs(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
         unlisted.append((Path(error.filename), error.strerror or str(error)))
 
     for folder, subfolders, files in os.walk(root, onerror=unreadable):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and not is_set_aside(d))
         if RUN_MARKERS.intersection(files):
             found.append(Path(folder))
     return sorted(found), sorted(unlisted)

@@ -79,7 +79,7 @@ def preflight(specs: Sequence[Any]) -> None:
     built: dict[str, Any] = {}
     models_checked: set[tuple[str, str]] = set()
     for spec in specs:
-        key = repr((spec.dataset, sorted(spec.dataset_options.items()), spec.holdout_fraction, spec.data_dir))
+        key = spec.data_key
         if key not in built:
             try:
                 built[key] = DATASETS.get(spec.dataset)().build(spec.dataset_options, 0, spec.holdout_fraction,

@@ -76,6 +76,10 @@ def test_status_of_1000_runs(benchmark, sweep_file, tmp_path):
     """Status of a sweep in progress: 800 done, 100 failed, 100 running (sacct says which)."""
     out = tmp_path / "out"
     invbench("sweep", "launch", str(sweep_file), "--out", str(out), env=fake_slurm(tmp_path / "submit", job_id=JOB))
+    from invbench.sweep.expansion import expand
+    from invbench.sweep.schema import load_sweep
+
+    run_ids = {spec.dirname: spec.run_id for spec in expand(load_sweep(sweep_file))}
     lines = []
     for run_dir in sorted(p for p in out.iterdir() if (p / "launch.json").exists()):
         launch = json.loads((run_dir / "launch.json").read_text())
@@ -88,7 +92,9 @@ def test_status_of_1000_runs(benchmark, sweep_file, tmp_path):
             (run_dir / "started.json").write_text(json.dumps({"job_id": launch["job_id"], "time": 1e12}))
             lines.append(f"{launch['job_id']}|RUNNING|node1")
         else:
-            (run_dir / "done.json").write_text(json.dumps({"wall_time": 30.0}))
+            # a valid done record: rundir.check_done accepts nothing less
+            (run_dir / "done.json").write_text(json.dumps({"run_id": run_ids[run_dir.name], "steps": 1, "wall_time": 30.0,
+                                                           "source": {"name": "synthetic"}}))
             lines.append(f"{launch['job_id']}|COMPLETED|node1")
     assert len(lines) == RUNS
     env = fake_slurm(tmp_path / "status", job_id=JOB, sacct_lines="\n".join(lines) + "\n")
