@@ -10,6 +10,9 @@ def test_list_shows_methods_and_datasets(cli):
     assert "erm:" in out.stdout and "linear_sem:" in out.stdout
     methods_only = cli("list", "methods")
     assert "linear_sem" not in methods_only.stdout
+    models = cli("list", "models")  # the --model help points here
+    assert models.returncode == 0, models.stderr
+    assert "mlp_grayscale:" in models.stdout and "reads hidden_dim" in models.stdout and "erm:" not in models.stdout
 
 
 def test_unknown_method_exits_2_and_names_the_close_match(cli, tmp_path):

@@ -1,4 +1,4 @@
-"""invbench list [methods|datasets|protocols]"""
+"""invbench list [methods|datasets|protocols|models]"""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import argparse
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("list", help="list registered methods, datasets and protocols with their settings")
-    parser.add_argument("what", nargs="?", choices=("methods", "datasets", "protocols"), help="only one registry")
+    parser = sub.add_parser("list", help="list registered methods, datasets, protocols and models with their settings")
+    parser.add_argument("what", nargs="?", choices=("methods", "datasets", "protocols", "models"),
+                        help="only one registry")
     parser.set_defaults(func=main)
 
 
@@ -74,5 +75,15 @@ def main(args: argparse.Namespace) -> int:
         out.append("protocols (a dataset follows its own; choose another with --protocol NAME):")
         for name in PROTOCOLS.names():
             out += _protocol_lines(get_protocol(name))
+    if args.what in (None, "models"):
+        from invbench.models import MODEL_HPARAMS, MODELS, accepts_of
+
+        out.append("models (--model NAME; a dataset names its default):")
+        for name in MODELS.names():
+            accepts = accepts_of(name)
+            reads = MODEL_HPARAMS.get(name, ())
+            extra = f"; reads {', '.join(reads)}" if reads else ""
+            out.append(f"  {name}: {describe(MODELS.get(name))} [inputs {accepts.inputs}; tasks "
+                       f"{', '.join(accepts.tasks)}{extra}]")
     print("\n".join(out))
     return 0

@@ -1,8 +1,8 @@
 """Which model selection fits the runs at hand, when none was asked for.
 
 Training-domain validation (DomainBed's default) needs a "val" split, which only runs with
-a holdout fraction > 0 have; the shipped datasets default to none (the IRM protocol reports
-the last checkpoint). So the default follows the data: training-domain validation when the
+a holdout fraction > 0 have: the DomainBed datasets hold out 20 %, the IRM protocol's and
+the linear ones none (they report the last checkpoint). So the default follows the data: training-domain validation when the
 runs hold out a val split, else the last checkpoint. A selection that gives no value for
 any cell is answered with the one that does, instead of a table of n/a.
 """
@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from invbench.results.selection import VAL, LastCheckpoint, TrainingDomainValidation
-
-TRAINING_DOMAIN, LAST = TrainingDomainValidation.name, LastCheckpoint.name
+from invbench.results.selection import LAST, TRAINING_DOMAIN
+from invbench.splits import VAL
 
 
 def has_val_split(results) -> bool:
