@@ -78,13 +78,3 @@ def merge(stored: dict[str, Any], given: dict[str, Any], note: Callable[[str], N
         merged[key] = value
     return merged
 
-
-def describe(overrides: dict[str, Any]) -> str:
-    """The flags as a user would type them, for messages."""
-    parts = []
-    for key, value in overrides.items():
-        if key == "slurm":
-            parts += [f"--slurm {k}={v}" for k, v in value.items()]
-        else:
-            parts.append(f"--{key.replace('_', '-')} {json.dumps(value) if not isinstance(value, str) else value}")
-    return " ".join(parts)
