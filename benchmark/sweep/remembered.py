@@ -10,7 +10,6 @@ that changes which runs the sweep has (steps, trials, ...) gets a note saying so
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
