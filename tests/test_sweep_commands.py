@@ -201,6 +201,8 @@ def test_a_cancelled_slurm_job_reads_cancelled_not_stale(tmp_path):
     assert classify(spec, tmp_path / "r", launch, gone).state == STALE  # cancelled by someone else: stale
     marked = classify(spec, tmp_path / "r", {**launch, "cancelled": 2.0}, gone)
     assert marked.state == CANCELLED and marked.reason.startswith("cancelled by `invbench sweep cancel`")
+
+
 def test_an_unwritable_out_is_one_line_exit_2_before_anything_starts(cli, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -212,7 +214,18 @@ def test_an_unwritable_out_is_one_line_exit_2_before_anything_starts(cli, tmp_pa
         assert result.stderr.strip().splitlines()[-1] == message and "Traceback" not in result.stderr
 
 
-def test_an_unwritable_folder_is_named(tmp_path):
+def test_an_out_that_even_root_cannot_write_is_one_line_exit_2(cli, tmp_path):
+    # os.access says yes to root everywhere; /proc refuses root a new folder all the same
+    path, _ = write(tmp_path, 'methods = ["erm"]\nhparams = { batch_size = 0 }\nsteps = 1\n' + DATASET)
+    message = ("invbench: error: cannot write the runs to /proc/x (--out): cannot create /proc/x "
+               "(No such file or directory); choose another --out")
+    for args in (["sweep", "launch", path, "--executor", "inline"], ["run", "-d", "linear_sem", "-m", "erm"]):
+        result = cli(*args, "--out", "/proc/x")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == message and "Traceback" not in result.stderr
+
+
+def test_an_unwritable_folder_is_named_and_a_writable_one_left_as_it_was(tmp_path):
     import os
 
     import pytest
@@ -220,13 +233,17 @@ def test_an_unwritable_folder_is_named(tmp_path):
     from invbench.errors import ConfigError
     from invbench.sweep.preflight import check_output
 
+    check_output(tmp_path / "new" / "runs")  # folders that do not exist yet are fine
+    assert list(tmp_path.iterdir()) == []  # and the check leaves nothing behind
     if os.geteuid() == 0:
-        pytest.skip("root writes anywhere")
+        pytest.skip("root writes into a folder of mode 0500; /proc stands in for it above")
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    with pytest.raises(ConfigError, match=f"{locked} is not writable; choose another --out"):
+    with pytest.raises(ConfigError, match=f"cannot create {locked / 'runs'} \\(Permission denied\\); "
+                                          "choose another --out"):
         check_output(locked / "runs")
-    check_output(tmp_path / "new" / "runs")  # folders that do not exist yet are fine
+    with pytest.raises(ConfigError, match=f"cannot create a file in {locked} \\(Permission denied\\)"):
+        check_output(locked)
 
 
 def test_a_refused_slurm_submission_is_one_line_exit_2_with_nothing_submitted(cli, tmp_path):
