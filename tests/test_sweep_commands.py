@@ -262,3 +262,34 @@ def test_a_refused_slurm_submission_is_one_line_exit_2_with_nothing_submitted(cl
     assert not list(out.glob("*/launch.json"))
     status = cli("sweep", "status", path, env=env)
     assert "not launched: 2" in status.stdout, status.stdout + status.stderr
+
+
+def test_a_failing_scancel_is_one_line_naming_the_jobs_exit_1(cli, tmp_path):
+    from fake_slurm import fake_slurm
+
+    from invbench.sweep.expansion import expand
+    from invbench.sweep.launches import write_launch
+    from invbench.sweep.schema import load_sweep
+
+    path, out = write(tmp_path, 'methods = ["erm"]\ntrials = 2\nhparams = { batch_size = 0 }\n' + DATASET)
+    ids = ["4242_1", "4242_0"]
+    for spec, job_id in zip(expand(load_sweep(path)), ids):
+        (out / spec.dirname).mkdir(parents=True)
+        write_launch(out / spec.dirname, "slurm", job_id, folder=str(out / ".submitit"))
+    env = fake_slurm(tmp_path / "bin", sacct_lines="".join(f"{job_id}|PENDING|\n" for job_id in ids),
+                     scancel_refuses="scancel: error: Kill job error on job id 4242_0: Access/permission denied")
+    result = cli("sweep", "cancel", path, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == ("invbench: error: scancel could not cancel SLURM job(s) 4242_0, 4242_1: scancel: error: "
+                             "Kill job error on job id 4242_0: Access/permission denied\n")
+
+
+def test_a_missing_scancel_is_a_cancel_error_naming_the_jobs(tmp_path, monkeypatch):
+    import pytest
+
+    from invbench.sweep.executors.base import CancelError
+    from invbench.sweep.executors.slurm import SlurmExecutor
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # a folder without scancel
+    with pytest.raises(CancelError, match=r"^cannot cancel SLURM job\(s\) 7_2, 7_10: scancel is not on PATH"):
+        SlurmExecutor.cancel([{"job_id": "7_10"}, {"job_id": "7_2"}])
