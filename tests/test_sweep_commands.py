@@ -293,3 +293,44 @@ def test_a_missing_scancel_is_a_cancel_error_naming_the_jobs(tmp_path, monkeypat
     monkeypatch.setenv("PATH", str(tmp_path))  # a folder without scancel
     with pytest.raises(CancelError, match=r"^cannot cancel SLURM job\(s\) 7_2, 7_10: scancel is not on PATH"):
         SlurmExecutor.cancel([{"job_id": "7_10"}, {"job_id": "7_2"}])
+
+
+def test_launch_and_run_rewrite_the_lost_spec_json_of_a_done_run(tmp_path, capsys):
+    import json
+
+    from invbench.sweep.expansion import expand
+    from invbench.sweep.schema import load_sweep
+
+    path, out = write(tmp_path, 'methods = ["erm"]\ntrials = 2\nsteps = 2\neval_every = 2\nhparams = { batch_size = 0 }\n'
+                      '[executor]\nkind = "inline"\n' + DATASET)
+    assert invbench(capsys, "sweep", "launch", path)[0] == 0
+    specs = expand(load_sweep(path))
+    deleted, garbled = (out / spec.dirname for spec in specs)
+    (deleted / "spec.json").unlink()
+    (garbled / "spec.json").write_text("{not json")
+    code, _, err = invbench(capsys, "collect", out, "-s", "last")
+    assert deleted.name in err and garbled.name in err, err  # what the bug looked like: both left out
+    code, _, err = invbench(capsys, "sweep", "launch", path)
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("invbench: note:")]
+    assert len(notes) == 1 and notes[0].startswith(
+        f"invbench: note: rewrote the spec.json of 2 done run(s) from the sweep, since their done.json is valid "
+        f"for it: {deleted.name} (missing); {garbled.name} (not valid JSON, set aside as spec.json.broken-"), err
+    for spec in specs:
+        assert json.loads((out / spec.dirname / "spec.json").read_text()) == json.loads(json.dumps(spec.to_dict()))
+    assert [p.read_text() for p in garbled.glob("spec.json.broken-*")] == ["{not json"]  # kept, not deleted
+    code, _, err = invbench(capsys, "collect", out, "-s", "last")
+    assert code == 0 and "warning" not in err and "broken" not in err, err
+    code, _, err = invbench(capsys, "sweep", "launch", path)
+    assert code == 0 and "invbench: note" not in err  # nothing left to rewrite
+
+    args = ["run", "-d", "linear_sem", "-m", "erm", "-o", "n_per_env=50", "--steps", "2", "--out", tmp_path / "one"]
+    code, run_dir, _ = invbench(capsys, *args)
+    assert code == 0
+    spec_json = tmp_path / "one" / run_dir.strip() / "spec.json"
+    written = spec_json.read_text()
+    spec_json.unlink()
+    code, _, err = invbench(capsys, *args)
+    assert code == 0 and spec_json.read_text() == written
+    assert (f"invbench: note: {run_dir.strip().split('/')[-1]}: spec.json was missing; rewritten from this spec, "
+            "since the run's done.json is valid for it") in err, err
