@@ -2,9 +2,10 @@
 
 ``launch`` starts only what is neither done, queued, running nor failed (so it resumes stale
 and cancelled runs); run it again at any time: it reattaches to what is alive and never
-starts a run twice (a run's lock is a second guard should two launchers race). Failed runs
-wait for ``retry``, since a run that raised usually raises again until something is fixed;
-``retry`` starts failed, stale and cancelled runs only. Everything is checked before
+starts a run twice (a run's lock is a second guard should two launchers race); it gives a
+done run whose spec.json was lost its spec back. Failed runs wait for ``retry``, since a run
+that raised usually raises again until something is fixed; ``retry`` starts failed, stale
+and cancelled runs only. Everything is checked before
 anything is submitted: the sweep file (schema.py), its names (expansion.py), then what only
 this machine and the data can tell (preflight.py). `status` and `cancel` read the run list
 that `launch` stored (runlist.py) instead of expanding.
