@@ -110,41 +110,6 @@ def set_aside(path: Path, label: str = "broken") -> Path:
     return target
 
 
-def restore_spec(run_dir: Path, spec: Any) -> str | None:
-    """Rewrite the spec.json of a run done for ``spec`` (its done.json is valid for the
-    spec's run id, so the spec is known) when spec.json is missing or holds no run's spec;
-    return what was wrong with it, or None when nothing was rewritten. A broken spec.json
-    is set aside first; a run being trained now (its lock is held) is left alone."""
-    run_dir = Path(run_dir)
-    if _spec_problem(run_dir) is None or read_done(run_dir, spec.run_id) is None:
-        return None
-    try:
-        with run_lock(run_dir):
-            problem = _spec_problem(run_dir)  # again, under the lock
-            if problem is None:
-                return None
-            if (run_dir / SPEC).exists():
-                problem += f", set aside as {set_aside(run_dir / SPEC).name}"
-            atomic_write_json(run_dir / SPEC, spec.to_dict())
-            return problem
-    except RunBusyError:
-        return None
-
-
-def _spec_problem(run_dir: Path) -> str | None:
-    try:
-        recorded = read_json(run_dir / SPEC)
-    except FileNotFoundError:
-        return "missing"
-    except OSError as exc:
-        return f"unreadable ({exc.strerror or exc})"
-    except ValueError:
-        return "not valid JSON"
-    if not isinstance(recorded, dict) or not isinstance(recorded.get("run_id"), str):
-        return "no run's spec"
-    return None
-
-
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
     """Hold the run's exclusive lock (non-blocking). The kernel releases it when the process
@@ -185,3 +150,38 @@ def same_source(recorded: Any, current: dict) -> bool:
     """Whether a done run's data source is the one the data resolves to now: the same data
     (name and number of images; where it lives may move without changing a result)."""
     return isinstance(recorded, dict) and all(recorded.get(key) == current.get(key) for key in SOURCE_IDENTITY)
+
+
+def restore_spec(run_dir: Path, spec: Any) -> str | None:
+    """Rewrite the spec.json of a run done for ``spec`` (its done.json is valid for the
+    spec's run id, so the spec is known) when spec.json is missing or holds no run's spec;
+    return what was wrong with it, or None when nothing was rewritten. A broken spec.json
+    is set aside first; a run being trained now (its lock is held) is left alone."""
+    run_dir = Path(run_dir)
+    if _spec_problem(run_dir) is None or read_done(run_dir, spec.run_id) is None:
+        return None
+    try:
+        with run_lock(run_dir):
+            problem = _spec_problem(run_dir)  # again, under the lock
+            if problem is None:
+                return None
+            if (run_dir / SPEC).exists():
+                problem += f", set aside as {set_aside(run_dir / SPEC).name}"
+            atomic_write_json(run_dir / SPEC, spec.to_dict())
+            return problem
+    except RunBusyError:
+        return None
+
+
+def _spec_problem(run_dir: Path) -> str | None:
+    try:
+        recorded = read_json(run_dir / SPEC)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    except ValueError:
+        return "not valid JSON"
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("run_id"), str):
+        return "no run's spec"
+    return None
