@@ -1,7 +1,8 @@
 """The run directory's vocabulary: file names, what the files say, and the run lock.
 
 Kept free of torch so that the results and the launcher can read run directories without
-importing the training stack. The runner writes these files; everything else reads them.
+importing the training stack. The runner writes these files; everything else reads them,
+except that restore_spec rewrites the lost spec.json of a finished run.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from invbench.errors import InvbenchError
-from invbench.io import read_json
+from invbench.io import atomic_write_json, read_json
 
 SPEC, DATASET, STARTED, METRICS, TIMING, CHECKPOINT, DONE, ERROR, LOCK = (
     "spec.json", "dataset.json", "started.json", "metrics.jsonl", "timing.jsonl",
@@ -175,3 +176,38 @@ def same_source(recorded: Any, current: dict) -> bool:
     """Whether a done run's data source is the one the data resolves to now: the same data
     (name and number of images; where it lives may move without changing a result)."""
     return isinstance(recorded, dict) and all(recorded.get(key) == current.get(key) for key in SOURCE_IDENTITY)
+
+
+def restore_spec(run_dir: Path, spec: Any) -> str | None:
+    """Rewrite the spec.json of a run done for ``spec`` (its done.json is valid for the
+    spec's run id, so the spec is known) when spec.json is missing or holds no run's spec;
+    return what was wrong with it, or None when nothing was rewritten. A broken spec.json
+    is set aside first; a run being trained now (its lock is held) is left alone."""
+    run_dir = Path(run_dir)
+    if _spec_problem(run_dir) is None or read_done(run_dir, spec.run_id) is None:
+        return None
+    try:
+        with run_lock(run_dir):
+            problem = _spec_problem(run_dir)  # again, under the lock
+            if problem is None:
+                return None
+            if (run_dir / SPEC).exists():
+                problem += f", set aside as {set_aside(run_dir / SPEC).name}"
+            atomic_write_json(run_dir / SPEC, spec.to_dict())
+            return problem
+    except RunBusyError:
+        return None
+
+
+def _spec_problem(run_dir: Path) -> str | None:
+    try:
+        recorded = read_json(run_dir / SPEC)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    except ValueError:
+        return "not valid JSON"
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("run_id"), str):
+        return "no run's spec"
+    return None

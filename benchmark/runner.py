@@ -45,6 +45,7 @@ from invbench.rundir import (CHECKPOINT, DATASET, DONE, ERROR, METRICS, RUN_FILE
                              check_done, run_lock, set_aside, source_in_question, superseded)
 from invbench.spec import RunSpec
 from invbench.trainer import Trainer, build_dataset, evaluation_steps, resolve_device
+from invbench.warn import Progress
 # Also imported from here, by the executors, the sweep's preflight and tests.
 from invbench.rundir import RunBusyError, run_status  # noqa: F401
 from invbench.trainer import MinibatchSampler, check_batch_sizes  # noqa: F401
@@ -194,10 +195,10 @@ class Start:
 
     def message(self, run_dir: Path) -> str:
         if self.mode == RESUMED:
-            return f"resuming {run_dir.name} at step {self.step}"
-        if self.mode == RESTARTED:
+            return Progress(f"resuming {run_dir.name} at step {self.step}")
+        if self.mode == RESTARTED:  # a note: the progress before it is gone
             return f"restarting {run_dir.name} from step 0: {self.reason}"
-        return f"starting {run_dir.name}"
+        return Progress(f"starting {run_dir.name}")
 
 
 def _train(spec: RunSpec, run_dir: Path, job_id: str | None, log: Log) -> None:
@@ -222,7 +223,7 @@ def _train(spec: RunSpec, run_dir: Path, job_id: str | None, log: Log) -> None:
             append_jsonl(run_dir / METRICS, trainer.evaluate())
             append_jsonl(run_dir / TIMING, {"step": trainer.steps_done, "wall_time": trainer.elapsed()})
             atomic_write_bytes(checkpoint, trainer.checkpoint_bytes())
-            log(f"step {trainer.steps_done}/{spec.steps}")
+            log(Progress(f"step {trainer.steps_done}/{spec.steps}"))
         if trainer.finished:
             break
         trainer.step()

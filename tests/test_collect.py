@@ -152,3 +152,13 @@ def test_diverged_and_failed_runs_say_so_in_their_cells(invbench, runs_without_v
     assert "| irm | 0 | n/a [1] | n/a [1] | n/a [1] | n/a [1] |" in out  # its extra metrics too
     assert cells["vrex"].endswith("[2]") and "[2] vrex, sigma=5: 1 failed run(s) left out" in out
     assert "unfinished" not in out.split("Runs:")[1].split("\n", 1)[1]  # only the summary line may say so
+
+
+@pytest.mark.parametrize("flag, name, what", [("--html", "r.html", "the report"), ("--plots", "p", "the plots"),
+                                              ("--save-baseline", "x.csv", "the baseline")])
+def test_an_unwritable_output_is_one_line_exit_2_before_the_table(invbench, flag, name, what):
+    # /proc refuses new files to root as well: the check tries, it does not read permission bits
+    code, out, err = invbench("collect", SWEEP, "--selection", "last", flag, f"/proc/{name}")
+    assert code == 2 and out == ""  # no table printed before the error
+    assert err.startswith(f"invbench: error: cannot write {what} to /proc/{name} ({flag}): ")
+    assert err.count("\n") == 1 and err.endswith(f"; choose another {flag}\n")

@@ -56,3 +56,47 @@ def test_the_mnist_subset_fallback_is_one_warning_line_with_the_way_out_in_a_loc
                                 "5,000-image subset")
     assert warned[0].endswith("use --data-dir DIR with the MNIST IDX files (or INVBENCH_DATA=DIR)")
     assert "UserWarning" not in err and "warnings.warn" not in err and "_sources.py" not in err, err
+
+
+def _run_dirs(out):
+    return sorted(p for p in out.iterdir() if (p / "spec.json").exists())
+
+
+def test_a_local_sweep_shows_the_runners_notes_once_and_not_its_progress(tmp_path):
+    path = tmp_path / "sweep.toml"
+    out = tmp_path / "out"
+    path.write_text(sweep_text(out, trials=2, steps=4, eval_every=2, n_per_env=50))
+    first = _launch(path)
+    assert first.communicate(timeout=600)[1] and first.returncode == 0
+    emptied = _run_dirs(out)[0]
+    (emptied / "done.json").write_text("")
+    again = _launch(path)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("invbench: note: ")]
+    assert len(notes) == 1, err
+    assert notes[0].startswith(f"invbench: note: {emptied.name}: done.json is invalid (not valid JSON): "
+                               "set aside as done.json.broken-"), err
+    assert "step 4/4" not in err and "resuming" not in err, err  # the runner's progress stays out
+
+
+def test_an_inline_sweep_shows_the_runners_notes(tmp_path, capsys):
+    from invbench.cli import main
+
+    path = tmp_path / "sweep.toml"
+    out = tmp_path / "out"
+    path.write_text(sweep_text(out, trials=2, steps=4, eval_every=2, n_per_env=50, executor="inline"))
+    assert main(["sweep", "launch", str(path)]) == 0
+    capsys.readouterr()
+    restarted, broken = _run_dirs(out)
+    for name in ("done.json", "metrics.jsonl"):  # the checkpoint stays, its records are gone
+        (restarted / name).unlink()
+    (broken / "done.json").unlink()
+    (broken / "spec.json").write_text("{not json")
+    assert main(["sweep", "launch", str(path)]) == 0
+    err = capsys.readouterr().err
+    notes = sorted(line for line in err.splitlines() if line.startswith("invbench: note: "))
+    assert len(notes) == 2, err
+    assert notes[0].startswith(f"invbench: note: {broken.name}: spec.json is broken (JSONDecodeError: "), err
+    assert notes[1] == (f"invbench: note: restarting {restarted.name} from step 0: metrics.jsonl is missing "
+                        "(checkpoint at step 4)"), err

@@ -201,6 +201,8 @@ def test_a_cancelled_slurm_job_reads_cancelled_not_stale(tmp_path):
     assert classify(spec, tmp_path / "r", launch, gone).state == STALE  # cancelled by someone else: stale
     marked = classify(spec, tmp_path / "r", {**launch, "cancelled": 2.0}, gone)
     assert marked.state == CANCELLED and marked.reason.startswith("cancelled by `invbench sweep cancel`")
+
+
 def test_an_unwritable_out_is_one_line_exit_2_before_anything_starts(cli, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -212,7 +214,18 @@ def test_an_unwritable_out_is_one_line_exit_2_before_anything_starts(cli, tmp_pa
         assert result.stderr.strip().splitlines()[-1] == message and "Traceback" not in result.stderr
 
 
-def test_an_unwritable_folder_is_named(tmp_path):
+def test_an_out_that_even_root_cannot_write_is_one_line_exit_2(cli, tmp_path):
+    # os.access says yes to root everywhere; /proc refuses root a new folder all the same
+    path, _ = write(tmp_path, 'methods = ["erm"]\nhparams = { batch_size = 0 }\nsteps = 1\n' + DATASET)
+    message = ("invbench: error: cannot write the runs to /proc/x (--out): cannot create /proc/x "
+               "(No such file or directory); choose another --out")
+    for args in (["sweep", "launch", path, "--executor", "inline"], ["run", "-d", "linear_sem", "-m", "erm"]):
+        result = cli(*args, "--out", "/proc/x")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == message and "Traceback" not in result.stderr
+
+
+def test_an_unwritable_folder_is_named_and_a_writable_one_left_as_it_was(tmp_path):
     import os
 
     import pytest
@@ -220,13 +233,17 @@ def test_an_unwritable_folder_is_named(tmp_path):
     from invbench.errors import ConfigError
     from invbench.sweep.preflight import check_output
 
+    check_output(tmp_path / "new" / "runs")  # folders that do not exist yet are fine
+    assert list(tmp_path.iterdir()) == []  # and the check leaves nothing behind
     if os.geteuid() == 0:
-        pytest.skip("root writes anywhere")
+        pytest.skip("root writes into a folder of mode 0500; /proc stands in for it above")
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    with pytest.raises(ConfigError, match=f"{locked} is not writable; choose another --out"):
+    with pytest.raises(ConfigError, match=f"cannot create {locked / 'runs'} \\(Permission denied\\); "
+                                          "choose another --out"):
         check_output(locked / "runs")
-    check_output(tmp_path / "new" / "runs")  # folders that do not exist yet are fine
+    with pytest.raises(ConfigError, match=f"cannot create a file in {locked} \\(Permission denied\\)"):
+        check_output(locked)
 
 
 def test_a_refused_slurm_submission_is_one_line_exit_2_with_nothing_submitted(cli, tmp_path):
@@ -245,3 +262,75 @@ def test_a_refused_slurm_submission_is_one_line_exit_2_with_nothing_submitted(cl
     assert not list(out.glob("*/launch.json"))
     status = cli("sweep", "status", path, env=env)
     assert "not launched: 2" in status.stdout, status.stdout + status.stderr
+
+
+def test_a_failing_scancel_is_one_line_naming_the_jobs_exit_1(cli, tmp_path):
+    from fake_slurm import fake_slurm
+
+    from invbench.sweep.expansion import expand
+    from invbench.sweep.launches import write_launch
+    from invbench.sweep.schema import load_sweep
+
+    path, out = write(tmp_path, 'methods = ["erm"]\ntrials = 2\nhparams = { batch_size = 0 }\n' + DATASET)
+    ids = ["4242_1", "4242_0"]
+    for spec, job_id in zip(expand(load_sweep(path)), ids):
+        (out / spec.dirname).mkdir(parents=True)
+        write_launch(out / spec.dirname, "slurm", job_id, folder=str(out / ".submitit"))
+    env = fake_slurm(tmp_path / "bin", sacct_lines="".join(f"{job_id}|PENDING|\n" for job_id in ids),
+                     scancel_refuses="scancel: error: Kill job error on job id 4242_0: Access/permission denied")
+    result = cli("sweep", "cancel", path, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == ("invbench: error: scancel could not cancel SLURM job(s) 4242_0, 4242_1: scancel: error: "
+                             "Kill job error on job id 4242_0: Access/permission denied\n")
+
+
+def test_a_missing_scancel_is_a_cancel_error_naming_the_jobs(tmp_path, monkeypatch):
+    import pytest
+
+    from invbench.sweep.executors.base import CancelError
+    from invbench.sweep.executors.slurm import SlurmExecutor
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # a folder without scancel
+    with pytest.raises(CancelError, match=r"^cannot cancel SLURM job\(s\) 7_2, 7_10: scancel is not on PATH"):
+        SlurmExecutor.cancel([{"job_id": "7_10"}, {"job_id": "7_2"}])
+
+
+def test_launch_and_run_rewrite_the_lost_spec_json_of_a_done_run(tmp_path, capsys):
+    import json
+
+    from invbench.sweep.expansion import expand
+    from invbench.sweep.schema import load_sweep
+
+    path, out = write(tmp_path, 'methods = ["erm"]\ntrials = 2\nsteps = 2\neval_every = 2\nhparams = { batch_size = 0 }\n'
+                      '[executor]\nkind = "inline"\n' + DATASET)
+    assert invbench(capsys, "sweep", "launch", path)[0] == 0
+    specs = expand(load_sweep(path))
+    deleted, garbled = (out / spec.dirname for spec in specs)
+    (deleted / "spec.json").unlink()
+    (garbled / "spec.json").write_text("{not json")
+    code, _, err = invbench(capsys, "collect", out, "-s", "last")
+    assert deleted.name in err and garbled.name in err, err  # what the bug looked like: both left out
+    code, _, err = invbench(capsys, "sweep", "launch", path)
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("invbench: note:")]
+    assert len(notes) == 1 and notes[0].startswith(
+        f"invbench: note: rewrote the spec.json of 2 done run(s) from the sweep, since their done.json is valid "
+        f"for it: {deleted.name} (missing); {garbled.name} (not valid JSON, set aside as spec.json.broken-"), err
+    for spec in specs:
+        assert json.loads((out / spec.dirname / "spec.json").read_text()) == json.loads(json.dumps(spec.to_dict()))
+    assert [p.read_text() for p in garbled.glob("spec.json.broken-*")] == ["{not json"]  # kept, not deleted
+    code, _, err = invbench(capsys, "collect", out, "-s", "last")
+    assert code == 0 and "warning" not in err and "broken" not in err, err
+    code, _, err = invbench(capsys, "sweep", "launch", path)
+    assert code == 0 and "invbench: note" not in err  # nothing left to rewrite
+
+    args = ["run", "-d", "linear_sem", "-m", "erm", "-o", "n_per_env=50", "--steps", "2", "--out", tmp_path / "one"]
+    code, run_dir, _ = invbench(capsys, *args)
+    assert code == 0
+    spec_json = tmp_path / "one" / run_dir.strip() / "spec.json"
+    written = spec_json.read_text()
+    spec_json.unlink()
+    code, _, err = invbench(capsys, *args)
+    assert code == 0 and spec_json.read_text() == written
+    assert (f"invbench: note: {run_dir.strip().split('/')[-1]}: spec.json was missing; rewritten from this spec, "
+            "since the run's done.json is valid for it") in err, err

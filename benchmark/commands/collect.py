@@ -52,6 +52,7 @@ def main(args: argparse.Namespace) -> int:
         # guard would make the next `invbench compare` compare the runs with themselves
         raise ConfigError(f"{args.save_baseline} exists; save the baseline to another path, or pass --force "
                           f"to overwrite it")
+    check_outputs(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CorruptRecordWarning)
         results = load_runs(root, include_unfinished=args.include_unfinished)
@@ -94,3 +95,18 @@ def main(args: argparse.Namespace) -> int:
         save_baseline(frame[BASELINE_COLUMNS], args.save_baseline)
         print(f"wrote {args.save_baseline}", file=sys.stderr)
     return 0
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every output path can be written, checked before the table is computed or printed:
+    a bad path is one line, never a traceback after the table."""
+    from invbench.outputs import check_file, check_folder
+
+    if args.html:
+        check_file(args.html, "--html", "the report")
+        if not args.plots:  # the report's plots go beside it
+            check_folder(Path(args.html).parent / "plots", "--html", "the report's plots")
+    if args.plots:
+        check_folder(args.plots, "--plots", "the plots")
+    if args.save_baseline:
+        check_file(args.save_baseline, "--save-baseline", "the baseline")

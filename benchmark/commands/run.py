@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from invbench.commands.common import add_spec_arguments, spec_from_args
-from invbench.rundir import read_done
+from invbench.rundir import read_done, restore_spec
 
 
 def register(sub) -> None:
@@ -33,6 +33,11 @@ def main(args: argparse.Namespace) -> int:
     before = read_done(Path(args.out) / spec.dirname, spec.run_id)
     if before is None:  # a finished run needs no checks of its data (the runner checks its source)
         preflight([spec])
+    else:
+        problem = restore_spec(Path(args.out) / spec.dirname, spec)
+        if problem:  # its done.json names this spec: collect reads the run again
+            print(f"invbench: note: {spec.dirname}: spec.json was {problem}; rewritten from this spec, "
+                  f"since the run's done.json is valid for it", file=sys.stderr)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     run_dir = run(spec, args.out, log=log)
     print(run_dir, flush=True)

@@ -128,6 +128,12 @@ def main(args: argparse.Namespace) -> int:
         report, _ = launcher.status(config)
         print(report)
         return 0
-    messages = launcher.cancel(config)
+    from invbench.sweep.executors.base import CancelError
+
+    try:
+        messages = launcher.cancel(config)
+    except CancelError as exc:  # the scheduler's failure, not bad input: exit 1
+        print(f"invbench: error: {exc}", file=sys.stderr)
+        return 1
     print("\n".join(messages) if messages else "nothing to cancel")
     return 0

@@ -2,9 +2,10 @@
 
 ``launch`` starts only what is neither done, queued, running nor failed (so it resumes stale
 and cancelled runs); run it again at any time: it reattaches to what is alive and never
-starts a run twice (a run's lock is a second guard should two launchers race). Failed runs
-wait for ``retry``, since a run that raised usually raises again until something is fixed;
-``retry`` starts failed, stale and cancelled runs only. Everything is checked before
+starts a run twice (a run's lock is a second guard should two launchers race); it gives a
+done run whose spec.json was lost its spec back. Failed runs wait for ``retry``, since a run
+that raised usually raises again until something is fixed; ``retry`` starts failed, stale
+and cancelled runs only. Everything is checked before
 anything is submitted: the sweep file (schema.py), its names (expansion.py), then what only
 this machine and the data can tell (preflight.py). `status` and `cancel` read the run list
 that `launch` stored (runlist.py) instead of expanding.
@@ -26,6 +27,7 @@ from invbench.sweep.schema import SweepConfig
 from invbench.sweep.state import (CANCELLED, DONE_STATE, FAILED, NOT_LAUNCHED, QUEUED, RUNNING, STALE, STATES,
                                    RunState, job_order, mark_cancelled, run_states)
 
+SHOWN = 5  # runs named in a one-line note
 LAUNCHABLE = {"launch": (NOT_LAUNCHED, STALE, CANCELLED), "retry": (FAILED, STALE, CANCELLED)}
 
 
@@ -58,6 +60,8 @@ def launch(config: SweepConfig, *, mode: str = "launch", stream: TextIO | None =
     preflight(to_run)
     if before_submit is not None:
         before_submit()
+    if mode == "launch":
+        _restore_specs(states, stream)
     if to_run or config.out_root.is_dir():
         store_runlist(config, specs)  # `status` and `cancel` read it instead of expanding again
     counts = Counter(s.state for s in states)
@@ -85,6 +89,20 @@ def launch(config: SweepConfig, *, mode: str = "launch", stream: TextIO | None =
         print(f"{len(lost)} run(s) did not finish: {', '.join(s.spec.dirname for s in lost)}; "
               "`invbench sweep launch` resumes them", file=stream)
     return 1 if after[FAILED] or lost else 0
+
+
+def _restore_specs(states: list[RunState], stream: TextIO) -> None:
+    """A done run whose spec.json was deleted or garbled gets it back from the sweep (its
+    done.json names the run), so that collect reads it again."""
+    from invbench.rundir import restore_spec
+
+    restored = [(s.spec.dirname, problem) for s in states if s.state == DONE_STATE
+                for problem in [restore_spec(s.run_dir, s.spec)] if problem]
+    if restored:
+        shown = "; ".join(f"{name} ({problem})" for name, problem in restored[:SHOWN])
+        more = f"; and {len(restored) - SHOWN} more" if len(restored) > SHOWN else ""
+        print(f"invbench: note: rewrote the spec.json of {len(restored)} done run(s) from the sweep, since their "
+              f"done.json is valid for it: {shown}{more}", file=stream)
 
 
 def _array_id(job_ids: list[str]) -> str:

@@ -14,29 +14,18 @@ never an error.json in every run directory:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from invbench.errors import ConfigError, DataUnavailableError
+from invbench.outputs import check_folder
 from invbench.sweep.schema import DEVICES, Device, Invalid, SweepConfig
 
 
 def check_output(out_root: str | Path, flag: str = "--out") -> None:
-    """The run directories can be written under ``out_root`` (nothing is created here)."""
-    path = Path(out_root).absolute()
-    try:
-        existing = path
-        while not existing.exists():
-            existing = existing.parent
-        ok = existing.is_dir()
-    except OSError as exc:  # a parent that cannot even be looked into
-        raise ConfigError(f"cannot write the runs to {out_root} ({flag}): {exc.strerror}: {exc.filename}") from None
-    if not ok:
-        raise ConfigError(f"cannot write the runs to {out_root} ({flag}): {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write the runs to {out_root} ({flag}): {existing} is not writable; "
-                          f"choose another {flag}")
+    """The run directories can be written under ``out_root``: tried, not read off permission
+    bits (see invbench.outputs); nothing is left behind."""
+    check_folder(out_root, flag, "the runs")
 
 
 def check_device(device: str, flag: str = "--device") -> None:

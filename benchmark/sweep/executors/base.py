@@ -19,6 +19,11 @@ from invbench.sweep.launches import JobState
 LAUNCHERS = Path(".invbench") / "launchers"
 
 
+class CancelError(RuntimeError):
+    """An executor could not stop its jobs (the scheduler refused, or its tool is missing):
+    not the user's input, so `sweep cancel` reports it in one line with exit code 1."""
+
+
 class Executor:
     """Runs specs. ``submit`` writes each run's launch.json: the in-process executors before
     the run starts, the SLURM executor right after submission (the job id exists only
@@ -44,7 +49,8 @@ class Executor:
 
     @classmethod
     def cancel(cls, launches: Sequence[dict]) -> list[str]:
-        """Stop the jobs of ``launches``; return one message per job stopped."""
+        """Stop the jobs of ``launches``; return one message per job stopped. Raises
+        CancelError when they could not be stopped."""
         raise NotImplementedError
 
 

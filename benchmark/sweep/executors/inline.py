@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from invbench.sweep.executors.base import InProcessExecutor, LauncherLock
 from invbench.sweep.progress import Progress
 from invbench.sweep.launches import write_launches
+from invbench.warn import Notes
 
 
 class InlineExecutor(InProcessExecutor):
@@ -26,12 +27,13 @@ class InlineExecutor(InProcessExecutor):
             write_launches([(self.out_root / spec.dirname, lock.job_id) for spec in specs], self.kind,
                            **lock.launch_fields())
             progress = Progress(len(specs), 1)
+            notes = Notes(before="\n" if progress.tty else "")  # what the runner did to a run's files
             done = failed = 0
             for spec in specs:
                 progress.update(done, failed, 1)
                 start = time.monotonic()
                 try:
-                    run(spec, self.out_root, job_id=lock.job_id)
+                    run(spec, self.out_root, job_id=lock.job_id, log=notes.log(spec.dirname))
                     done += 1
                     progress.wall_times.append(time.monotonic() - start)
                 except RunFailedError as exc:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from invbench.sweep.executors.base import InProcessExecutor, LauncherLock
 from invbench.sweep.progress import Progress
 from invbench.sweep.launches import write_launches
-from invbench.warn import forward_warnings, show as show_warning
+from invbench.warn import Notes, forward_warnings, is_note, show as show_warning
 
 PR_SET_PDEATHSIG = 1
 
@@ -77,7 +77,9 @@ def _worker(tasks: Any, results: Any, out_root: str, threads: int, job_id: str, 
         results.put(("start", index, os.getpid(), ""))
         start = time.monotonic()
         try:
-            run(spec, out_root, job_id=job_id)
+            # the runner's notes (a broken file set aside, a restart) go to the launcher too
+            run(spec, out_root, job_id=job_id,
+                log=lambda message: results.put(("note", index, 0.0, str(message))) if is_note(message) else None)
             results.put(("done", index, time.monotonic() - start, ""))
         except RunFailedError as exc:
             results.put(("failed", index, 0.0, str(exc)))
@@ -116,6 +118,7 @@ class LocalExecutor(InProcessExecutor):
             for _ in range(n_workers):
                 start_worker()
             progress = Progress(len(specs), n_workers)
+            notes = Notes(before="\n" if progress.tty else "")
             running: dict[int, int] = {}  # spec index -> worker pid
             done = failed = 0
             finished: set[int] = set()
@@ -138,6 +141,9 @@ class LocalExecutor(InProcessExecutor):
                     for kind, index, value, message in messages:
                         if kind == "warning":
                             show_warning(message)
+                            continue
+                        if kind == "note":
+                            notes.show(specs[index].dirname, message)
                             continue
                         if kind == "start":
                             running[index] = value

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from invbench.errors import ConfigError, SubmissionError
-from invbench.sweep.executors.base import Executor
+from invbench.sweep.executors.base import CancelError, Executor
 from invbench.sweep.launches import JobState, job_order, write_launches
 
 SUBMITIT_FOLDER = ".submitit"
@@ -173,7 +173,16 @@ class SlurmExecutor(Executor):
         ids = sorted({str(launch["job_id"]) for launch in launches}, key=job_order)
         if not ids:
             return []
-        subprocess.run(["scancel", *ids], check=True, capture_output=True, text=True)
+        try:
+            subprocess.run(["scancel", *ids], check=True, capture_output=True, text=True, timeout=60)
+        except FileNotFoundError:
+            raise CancelError(f"cannot cancel SLURM job(s) {', '.join(ids)}: scancel is not on PATH "
+                              "(is this a SLURM login node?)") from None
+        except subprocess.CalledProcessError as exc:
+            said = " ".join((exc.stderr or exc.stdout or "").split()) or f"exit code {exc.returncode}"
+            raise CancelError(f"scancel could not cancel SLURM job(s) {', '.join(ids)}: {said}") from None
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise CancelError(f"scancel could not cancel SLURM job(s) {', '.join(ids)}: {exc}") from None
         return [f"scancel {job_id}" for job_id in ids]
 
 
