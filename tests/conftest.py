@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytest_plugins = ["slurm_cluster"]  # the session fixture that starts a throwaway SLURM cluster
+pytest_plugins = ["slurm_cluster", "blocking_method"]  # a throwaway SLURM cluster; runs that wait for a test
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):
