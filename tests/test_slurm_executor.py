@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from conftest import run_cli
@@ -88,6 +89,20 @@ def test_failed_run_shows_its_traceback_and_retry_runs_only_it(slurm_cluster, tm
         time.sleep(0.5)
 
 
+def preempt(job_id: str, log: Path, timeout: float = 120) -> None:
+    """SLURM's pre-emption, SIGTERM then submitit's USR2, as submitit's SlurmJob._interrupt
+    sends them, but one after the other: SLURM may deliver two quick signals the other way
+    round, and a SIGTERM that lands while the USR2 handler runs kills its `scontrol requeue`."""
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    subprocess.run(["scancel", job_id, "--signal", "SIGTERM"], check=True)
+    deadline = time.monotonic() + timeout
+    while "Bypassing signal SIGTERM" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, f"the job never received SIGTERM: {log}"
+        time.sleep(0.05)
+    subprocess.run(["scancel", job_id, "--signal", SlurmJobEnvironment.USR_SIG], check=True)
+
+
 def test_preempted_run_is_requeued_and_resumes_at_its_saved_step(slurm_cluster, tmp_path, blocking_method):
     import submitit
 
@@ -106,7 +121,7 @@ def test_preempted_run_is_requeued_and_resumes_at_its_saved_step(slurm_cluster, 
     job = submitit.SlurmJob(folder=config.out_root / ".submitit", job_id=job_id)
     timing_before = (run_dir / "timing.jsonl").read_text().splitlines()
     assert steps_of(run_dir) == [0, 10, 20] and len(timing_before) == 3
-    job._interrupt(timeout=False)  # SLURM's pre-emption signal
+    preempt(job_id, config.out_root / ".submitit" / f"{job_id}_0_log.err")
     # requeued: the same job goes back to the queue (cred_expire=10: about 11 s)
     deadline = time.monotonic() + 120
     while job.get_info(mode="force").get("State", "").split()[0] not in ("PENDING", "REQUEUED"):
