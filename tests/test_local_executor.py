@@ -10,7 +10,7 @@ import time
 from conftest import ROOT, run_cli
 from slurm_cluster import steps_of, sweep_text
 
-from invbench.runner import run
+from invbench.runner import is_locked, run
 from invbench.sweep import launcher
 from invbench.sweep.config import apply_overrides, expand, load_sweep
 
@@ -78,9 +78,9 @@ def test_sigkill_of_the_launcher_then_relaunch_completes_every_record_exactly_on
     interrupted = [d for d in dirs if (d / "metrics.jsonl").exists()]
     assert len(interrupted) == 2 and all(steps_of(d) == [0, 10, 20] for d in interrupted)
     assert not any((d / "done.json").exists() for d in dirs)
-    # the workers do not outlive their launcher
+    # the workers do not outlive their launcher, and their runs' locks go with them
     deadline = time.monotonic() + 60
-    while any(_alive(pid) for pid in workers):
+    while any(_alive(pid) for pid in workers) or any(is_locked(d) for d in dirs):
         assert time.monotonic() < deadline, "a worker outlived its launcher"
         time.sleep(0.05)
     status = launcher.status(load_sweep(path))[0]
@@ -106,16 +106,20 @@ def test_sigkill_of_the_launcher_then_relaunch_completes_every_record_exactly_on
 
 
 def _alive(pid: int) -> bool:
+    """Whether a thread of process ``pid`` still runs. A zombie leader is not enough to call
+    it dead: its other threads may still be exiting, with the process's files (and locks)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (dead, not yet reaped by its parent) is dead for our purpose
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
+        threads = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
         return False
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/stat") as handle:
+                if handle.read().split(")")[-1].split()[0] not in ("Z", "X"):
+                    return True
+        except FileNotFoundError:
+            continue
+    return False
 
 
 def test_cancel_stops_the_local_launcher_and_its_runs_become_stale(tmp_path, blocking_method):
