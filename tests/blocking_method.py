@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from invbench.registry import PLUGINS_ENV
+
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 BLOCK_STEP = 25  # with eval_every = 10: records 0, 10, 20 are written and step 20 is checkpointed
 
@@ -48,20 +50,20 @@ class BlockingMethod:
 def blocking_method(tmp_path, monkeypatch):
     """Registers "blocking_erm" here and, through the environment, in every process started
     from here (CLI, local workers, SLURM jobs). Its runs wait at BLOCK_STEP until ``release``."""
-    folder = tmp_path / "blocking"
-    (folder / "markers").mkdir(parents=True)
-    blocker = BlockingMethod("blocking_erm", BLOCK_STEP, folder / "gate", folder / "markers")
-    blocker.gate.touch()
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("INVBENCH_PLUGINS", "blocking_erm")
-    monkeypatch.setenv("INVBENCH_TEST_GATE", str(blocker.gate))
-    monkeypatch.setenv("INVBENCH_TEST_MARKERS", str(blocker.markers))
-    monkeypatch.setenv("INVBENCH_TEST_BLOCK_STEP", str(BLOCK_STEP))
     monkeypatch.syspath_prepend(str(PLUGINS))
     import blocking_erm
     from invbench.registry import METHODS
 
-    # registered for this test only (the import registers it once per session)
+    folder = tmp_path / "blocking"
+    (folder / "markers").mkdir(parents=True)
+    blocker = BlockingMethod(blocking_erm.NAME, BLOCK_STEP, folder / "gate", folder / "markers")
+    blocker.gate.touch()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv(PLUGINS_ENV, "blocking_erm")
+    monkeypatch.setenv(blocking_erm.GATE_ENV, str(blocker.gate))
+    monkeypatch.setenv(blocking_erm.MARKERS_ENV, str(blocker.markers))
+    monkeypatch.setenv(blocking_erm.STEP_ENV, str(BLOCK_STEP))
+    # registered in this process for this test only (the import registers it once per session)
     METHODS._items.pop(blocker.name, None)
     monkeypatch.setitem(METHODS._items, blocker.name, blocking_erm.BlockingERM)
     yield blocker
