@@ -131,6 +131,8 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=$dbd_port
 SchedulerType=sched/backfill
+# look at pending jobs every second (defaults: 60 and 30 s): a requeued job starts once it may
+SchedulerParameters=sched_interval=1,bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2

