@@ -29,3 +29,15 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for tests that compare the bytes of runs trained in this
+    process with runs trained elsewhere (and tiny models gain nothing from more)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,13 +11,7 @@ from invbench.spec import make_spec
 INTERRUPT_AT = 20
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: extra intra-op threads only contend on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def spec_for(method, **overrides):

@@ -8,7 +8,6 @@ import socket
 import stat
 
 import pytest
-import torch
 from idx_helpers import write_dataset
 
 from invbench.errors import DataUnavailableError
@@ -19,12 +18,7 @@ from invbench.spec import make_spec
 from invbench.sweep.state import DONE_STATE, STALE, run_states
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_spec(**kwargs):

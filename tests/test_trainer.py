@@ -12,12 +12,7 @@ from invbench.spec import make_spec
 from invbench.trainer import Trainer, evaluation_steps
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_spec(**kwargs):
