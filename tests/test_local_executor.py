@@ -152,8 +152,11 @@ def test_ctrl_c_stops_an_inline_sweep_without_a_traceback_and_relaunch_resumes(t
     path = write(tmp_path, methods=(blocking_method.name,), trials=3, steps=steps, eval_every=every,
                  executor="inline")
     dirs = run_dirs(path)
+    # Ctrl-C's default disposition in the launcher, whatever this process inherited: a shell
+    # starts background jobs with SIGINT ignored, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "invbench.cli", "sweep", "launch", str(path)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         blocking_method.wait(1, proc)  # the first run is mid-way
         proc.send_signal(signal.SIGINT)
