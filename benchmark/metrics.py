@@ -49,12 +49,14 @@ class Metric:
             return None
         return -change if self.higher_is_better else change
 
-    def threshold_text(self, threshold: float) -> str:
+    def threshold_text(self, threshold: float, title: str | None = None) -> str:
+        """The threshold in this metric's units; ``title`` names several metrics that share it."""
+        title = title or self.title
         if self.relative:
-            return f"{threshold:g}% of the baseline's mean {self.title}"
+            return f"{threshold:g}% of the baseline's mean {title}"
         if self.unit == "%":
-            return f"{threshold:g} percentage point{'' if threshold == 1 else 's'} of {self.title}"
-        return f"{threshold:g} in {self.title}"
+            return f"{threshold:g} percentage point{'' if threshold == 1 else 's'} of {title}"
+        return f"{threshold:g} in {title}"
 
 
 ACCURACY = Metric("acc", "accuracy", 100.0, "%", True, ".1f", ".1f", 1.0, relative=False)

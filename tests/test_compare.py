@@ -181,3 +181,11 @@ def test_threshold_per_metric_on_the_command_line(sweeps, invbench):
     assert result.returncode == 0 and "25 percentage points of accuracy" in result.stdout
     bad = invbench("compare", sweeps / "baseline", sweeps / "planted", "--threshold", "acc=much")
     assert bad.returncode == 2 and "--threshold must be VALUE or METRIC=VALUE with VALUE >= 0; got 'acc=much'" in bad.stderr
+
+
+def test_metrics_that_share_a_threshold_are_named_together_once():
+    from invbench.results.compare import rule_text
+
+    rule = rule_text(["mse", "causal_error", "noncausal_error"], None, 0.05)
+    assert rule.count("5% of the baseline's mean") == 1, rule
+    assert "MSE" in rule and "causal coefficient error" in rule and "non-causal coefficient error" in rule

@@ -173,14 +173,24 @@ def compare_frames(base, cur, threshold=None, alpha: float = 0.05):
 def rule_text(metrics, threshold, alpha: float) -> str:
     """The regression rule for the metrics compared, in their own units, as one line."""
     limits = thresholds_for(sorted(set(metrics)), threshold)
-    parts = [metric(name).threshold_text(value) for name, value in limits.items()
-             if metric(name).higher_is_better is not None]
+    # metrics that share a threshold in the same units are named together, once
+    shared: dict[tuple, list[str]] = {}
+    for name, value in limits.items():
+        meaning = metric(name)
+        if meaning.higher_is_better is not None:
+            shared.setdefault((meaning.relative, meaning.unit, value), []).append(name)
+    parts = [metric(names[0]).threshold_text(value, _or([metric(n).title for n in names]))
+             for (_, _, value), names in shared.items()]
     undirected = [name for name in limits if metric(name).higher_is_better is None]
     text = (f"Regression: worse than the baseline by more than {' or '.join(parts)}, with Welch p < {alpha:g}"
             if parts else "Regression: none possible (no compared metric has a direction)")
     if undirected:
         text += f"; {', '.join(undirected)}: no direction known, a significant change reads 'changed'"
     return text + f". Equal means, or p >= {alpha:g}, read 'unchanged'."
+
+
+def _or(titles: list[str]) -> str:
+    return titles[0] if len(titles) == 1 else f"{', '.join(titles[:-1])} or {titles[-1]}"
 
 
 def _num(x: float, spec: str = ".3g") -> str:
