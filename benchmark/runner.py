@@ -46,9 +46,6 @@ from invbench.rundir import (CHECKPOINT, DATASET, DONE, ERROR, METRICS, RUN_FILE
 from invbench.spec import RunSpec
 from invbench.trainer import Trainer, build_dataset, evaluation_steps, resolve_device
 from invbench.warn import Progress
-# Also imported from here, by the executors, the sweep's preflight and tests.
-from invbench.rundir import RunBusyError, run_status  # noqa: F401
-from invbench.trainer import MinibatchSampler, check_batch_sizes  # noqa: F401
 
 Log = Callable[[str], None]
 

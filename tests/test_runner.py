@@ -7,8 +7,9 @@ import torch
 from invbench import io as bio
 from invbench.data import TRAIN
 from invbench.errors import ConfigError
-from invbench.runner import (CHECKPOINT, DONE, ERROR, METRICS, MinibatchSampler, RunFailedError,
-                              build_dataset, load_records, run, run_status)
+from invbench.rundir import CHECKPOINT, DONE, ERROR, METRICS, run_status
+from invbench.runner import RunFailedError, load_records, run
+from invbench.trainer import MinibatchSampler, build_dataset
 from invbench.spec import make_spec
 
 

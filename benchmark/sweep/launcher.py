@@ -19,13 +19,13 @@ from typing import Any, Callable, TextIO
 
 from invbench.sweep.executors import executor_class
 from invbench.sweep.expansion import expand
-from invbench.sweep.launches import read_launch
+from invbench.sweep.launches import job_order, mark_cancelled, read_launch
 from invbench.sweep.preflight import check_local_device, check_output, preflight
 from invbench.sweep.progress import eta_seconds, format_duration
 from invbench.sweep.runlist import store_runlist, sweep_specs
 from invbench.sweep.schema import SweepConfig
 from invbench.sweep.state import (CANCELLED, DONE_STATE, FAILED, NOT_LAUNCHED, QUEUED, RUNNING, STALE, STATES,
-                                   RunState, job_order, mark_cancelled, run_states)
+                                   RunState, run_states)
 
 SHOWN = 5  # runs named in a one-line note
 LAUNCHABLE = {"launch": (NOT_LAUNCHED, STALE, CANCELLED), "retry": (FAILED, STALE, CANCELLED)}

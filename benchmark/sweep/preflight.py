@@ -63,7 +63,7 @@ def preflight(specs: Sequence[Any]) -> None:
     each spec's model fits it, and that every training environment holds a batch."""
     from invbench.models import check_model_fits
     from invbench.registry import DATASETS
-    from invbench.runner import check_batch_sizes
+    from invbench.trainer import check_batch_sizes
 
     built: dict[str, Any] = {}
     models_checked: set[tuple[str, str]] = set()

@@ -27,8 +27,7 @@ from typing import Any, Iterable
 from invbench.io import read_json
 from invbench.rundir import ERROR, STARTED, is_locked, read_done
 from invbench.sweep.executors import executor_class
-# job_order and mark_cancelled are used with the states by the launcher
-from invbench.sweep.launches import JobState, job_order, mark_cancelled, read_launch  # noqa: F401
+from invbench.sweep.launches import JobState, read_launch
 
 NOT_LAUNCHED, QUEUED, RUNNING, DONE_STATE, FAILED, STALE, CANCELLED = (
     "not launched", "queued", "running", "done", "failed", "stale", "cancelled")

@@ -19,7 +19,9 @@ class InlineExecutor(InProcessExecutor):
     def submit(self, specs: Sequence[Any]) -> list[str]:
         import torch
 
-        from invbench.runner import RunBusyError, RunFailedError, run
+        from invbench.rundir import RunBusyError
+
+        from invbench.runner import RunFailedError, run
 
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)

@@ -66,7 +66,9 @@ def _worker(tasks: Any, results: Any, out_root: str, threads: int, job_id: str, 
     forward_warnings(lambda text: results.put(("warning", -1, 0.0, text)))
     import torch
 
-    from invbench.runner import RunBusyError, RunFailedError, run
+    from invbench.rundir import RunBusyError
+
+    from invbench.runner import RunFailedError, run
 
     torch.set_num_threads(threads)
     while True:

@@ -40,7 +40,9 @@ class RunTask:
     def __call__(self) -> list[str]:
         import torch
 
-        from invbench.runner import RunBusyError, RunFailedError, run
+        from invbench.rundir import RunBusyError
+
+        from invbench.runner import RunFailedError, run
         from invbench.spec import RunSpec
         from invbench.warn import show_warnings_once
 
