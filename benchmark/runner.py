@@ -44,7 +44,8 @@ from invbench.io import (append_jsonl, atomic_write_bytes, atomic_write_json, it
 from invbench.rundir import (CHECKPOINT, DATASET, DONE, ERROR, METRICS, RUN_FILES, SPEC, STARTED, TIMING,
                              check_done, run_lock, set_aside, source_in_question, superseded)
 from invbench.spec import RunSpec
-from invbench.trainer import Trainer, build_dataset, evaluation_steps, resolve_device
+from invbench.devices import resolve_device
+from invbench.trainer import Trainer, build_dataset, evaluation_steps
 from invbench.warn import Progress
 
 Log = Callable[[str], None]

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from invbench.data import TRAIN, Dataset
+from invbench.devices import resolve_device
 from invbench.errors import ConfigError
 from invbench.hparams import seed_hash
 from invbench.method import Method
@@ -32,17 +33,6 @@ from invbench.spec import RunSpec
 
 EVAL_CHUNK = 8192
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} was asked for but CUDA is not available; use --device cpu or auto")
-        return torch.device(name)
-    raise ConfigError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N")
 
 
 def build_dataset(spec: RunSpec) -> Dataset:

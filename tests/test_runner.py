@@ -152,11 +152,14 @@ def test_minibatches_cover_each_epoch_once_and_depend_only_on_the_step():
     assert torch.equal(again.batches(6)[1][0], sampler.batches(6)[1][0])
 
 
-def test_unknown_device_is_rejected():
-    from invbench.runner import resolve_device
+def test_unknown_device_is_rejected_with_the_same_message_before_and_in_a_run():
+    from invbench.devices import check_device, resolve_device
 
-    with pytest.raises(ConfigError, match="allowed: auto, cpu"):
+    with pytest.raises(ConfigError, match="^device 'tpu' is not a device; allowed: auto, cpu, cuda or cuda:N$"):
         resolve_device("tpu")
+    with pytest.raises(ConfigError, match="^--device 'tpu' is not a device; allowed: auto, cpu, cuda or cuda:N$"):
+        check_device("tpu")
+    assert str(resolve_device("cpu")) == "cpu"
 
 
 def test_holdout_is_floored_as_domainbed():

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from invbench.errors import ConfigError
-from invbench.sweep.schema import DEVICES
+from invbench.devices import DEVICES
 
 
 def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:

@@ -24,7 +24,8 @@ def register(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from invbench.runner import run
-    from invbench.sweep.preflight import check_device, check_output, preflight
+    from invbench.devices import check_device
+    from invbench.sweep.preflight import check_output, preflight
 
     spec = spec_from_args(args)
     # bad input is one line before the run directory exists, not a failed run

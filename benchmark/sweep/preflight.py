@@ -5,7 +5,7 @@ these before anything is written or submitted, so that bad input is one line and
 never an error.json in every run directory:
 
 - the output folder can be written (check_output);
-- a run on this machine that asks for CUDA has CUDA (check_device, check_local_device);
+- a run on this machine that asks for CUDA has CUDA (invbench.devices.check_device, check_local_device);
 - each dataset can be built: its data is there, and a data directory given explicitly
   holds it (preflight);
 - the model fits the data: a CNN needs images, mlp_grayscale needs channels (preflight);
@@ -19,32 +19,14 @@ from typing import Any, Sequence
 
 from invbench.errors import ConfigError, DataUnavailableError
 from invbench.outputs import check_folder
-from invbench.sweep.schema import DEVICES, Device, Invalid, SweepConfig
+from invbench.devices import check_device
+from invbench.sweep.schema import SweepConfig
 
 
 def check_output(out_root: str | Path, flag: str = "--out") -> None:
     """The run directories can be written under ``out_root``: tried, not read off permission
     bits (see invbench.outputs); nothing is left behind."""
     check_folder(out_root, flag, "the runs")
-
-
-def check_device(device: str, flag: str = "--device") -> None:
-    """``device`` is a device name, and CUDA is there when it asks for CUDA."""
-    try:
-        Device().check(device)
-    except Invalid:
-        raise ConfigError(f"{flag} {device!r} is not a device; allowed: {DEVICES}") from None
-    if not device.startswith("cuda"):
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ConfigError(f"{flag} {device!r} was asked for but CUDA is not available on this machine; "
-                          f"use --device cpu or auto")
-    index = int(device.partition(":")[2] or 0)
-    if index >= torch.cuda.device_count():
-        raise ConfigError(f"{flag} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                          f"numbered from 0")
 
 
 def check_local_device(config: SweepConfig) -> None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from invbench.devices import DEVICES, is_device_name
 from invbench.errors import ConfigError
 from invbench.sweep.executors import EXECUTORS, describe_executors
 
@@ -41,7 +42,6 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-DEVICES = "auto, cpu, cuda or cuda:N"
 
 
 class Invalid(Exception):
@@ -148,8 +148,7 @@ class Device(Text):
     allowed = DEVICES
 
     def check(self, value):
-        index = value[len("cuda:"):] if isinstance(value, str) and value.startswith("cuda:") else None
-        if value not in ("auto", "cpu", "cuda") and not (index is not None and index.isdigit()):
+        if not is_device_name(value):
             raise self.fail(value)
         return value
 
