@@ -35,7 +35,8 @@ register(Protocol(
         "irm": {**IRM_TUNED_TRAINING, **IRM_TUNED_SCHEDULE, "estimator": "full_batch"},
         "vrex": {**IRM_TUNED_TRAINING, **IRM_TUNED_SCHEDULE, "risk_reduction": "mean"},
         "groupdro": IRM_TUNED_TRAINING,
-        "mmrex": {"anneal_iters": 190, "scale_loss": True, "reset_optimizer": False},
+        # the code's schedule without IRMv1's tuned weight (see the deviation below)
+        "mmrex": {k: v for k, v in IRM_TUNED_SCHEDULE.items() if k != "penalty_weight"},
     },
     method_search={"irm": IRM_CODE_SCHEDULE_SEARCH, "vrex": IRM_CODE_SCHEDULE_SEARCH,
                    "mmrex": {"anneal_iters": RandInt(50, 250)}},

@@ -43,7 +43,6 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 
-
 class Invalid(Exception):
     """A value that breaks its rule; the message completes "KEY must be ..."."""
 
@@ -86,7 +85,21 @@ class Word(Text):
         return value
 
 
-class Integer(Rule):
+class NumericRule(Rule):
+    """A rule whose command-line text is parsed with ``parse`` (int or float) before the check."""
+
+    parse: Any = float
+
+    def from_text(self, text):
+        try:
+            return self.check(self.parse(text))
+        except ValueError:
+            raise self.fail(text) from None
+
+
+class Integer(NumericRule):
+    parse = int
+
     def __init__(self, minimum: int):
         self.minimum = minimum
         self.allowed = f"an integer >= {minimum}"
@@ -96,14 +109,8 @@ class Integer(Rule):
             raise self.fail(value)
         return value
 
-    def from_text(self, text):
-        try:
-            return self.check(int(text))
-        except ValueError:
-            raise self.fail(text) from None
 
-
-class Number(Rule):
+class Number(NumericRule):
     allowed = "a positive number"
 
     def check(self, value):
@@ -111,26 +118,14 @@ class Number(Rule):
             raise self.fail(value)
         return value
 
-    def from_text(self, text):
-        try:
-            return self.check(float(text))
-        except ValueError:
-            raise self.fail(text) from None
 
-
-class Fraction(Rule):
+class Fraction(NumericRule):
     allowed = "a number in [0, 1)"
 
     def check(self, value):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise self.fail(value)
         return float(value)
-
-    def from_text(self, text):
-        try:
-            return self.check(float(text))
-        except ValueError:
-            raise self.fail(text) from None
 
 
 class Choice(Text):
