@@ -38,6 +38,7 @@ class GroupDRO(Method):
         "adjustment": HParam(0.0, low=0.0, high=1e6,
                              help="C of the generalisation adjustment C / sqrt(n_e) in the weight update (0 = off)"),
     }
+
     def __init__(self, hparams, n_envs, task, env_sizes=None):
         super().__init__(hparams, n_envs, task, env_sizes)
         if self.hp["adjustment"] and self.env_sizes is None:
