@@ -136,8 +136,7 @@ def _space(method: str, protocol, model: str) -> dict[str, HParam]:
     from invbench.models import MODEL_HPARAMS, MODELS
     from invbench.protocol import method_space
 
-    if model not in MODELS:
-        raise ConfigError(f"unknown model {model!r}; allowed: {', '.join(sorted(MODELS))}")
+    MODELS.get(model)  # an unknown name: the registry's error, with its close matches
     return method_space(METHODS.get(method), method, protocol, MODEL_HPARAMS.get(model, ()))
 
 

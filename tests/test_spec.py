@@ -114,3 +114,10 @@ def test_errors_name_the_owner_and_say_option_or_hyperparameter():
         make_spec("linear_sem", "erm", dataset_options={"n_per_env": 1})
     with pytest.raises(ConfigError, match=r"method 'erm': hyperparameter lr=1000000.0 is out of range"):
         make_spec("linear_sem", "erm", overrides={"lr": 1e6})
+
+
+def test_an_unknown_model_names_its_close_match():
+    from invbench.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="unknown model 'linaer'. Did you mean 'linear'"):
+        make_spec("linear_sem", "erm", model="linaer")
