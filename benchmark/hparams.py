@@ -126,6 +126,10 @@ class HParam:
     high: float | None = None
     choices: tuple | None = None
     help: str = ""
+    # Changes tensor shapes (batch size, hidden width): runs trained as one pack must share
+    # it. Other numbers may differ inside a pack (they become per-run tensors); booleans,
+    # choices and tuples must be equal (invbench.packing).
+    shapes: bool = False
 
     @property
     def type(self) -> type:
@@ -219,14 +223,14 @@ TRAINING_HPARAMS: dict[str, HParam] = {
     "l2": HParam(0.0, LogUniform(-5, -2), low=0.0, high=10.0,
                  help="l2 * sum of squared norms of all parameters, added to the loss (IRM code)"),
     "batch_size": HParam(64, LogUniform(3, 9, base=2, integer=True), low=0, high=1 << 24,
-                         help="examples per environment per step; 0 = full batch"),
+                         help="examples per environment per step; 0 = full batch", shapes=True),
 }
 
 # Hyperparameters of a model's architecture. A run draws and records only those its model
 # reads (invbench.models.MODEL_HPARAMS): a linear model has no hidden width.
 ARCHITECTURE_HPARAMS: dict[str, HParam] = {
     "hidden_dim": HParam(256, LogUniform(6, 9, base=2, integer=True), low=1, high=65536,
-                         help="width of the MLP's hidden layers"),
+                         help="width of the MLP's hidden layers", shapes=True),
 }
 
 

@@ -34,7 +34,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -42,7 +42,7 @@ from invbench.errors import InvbenchError
 from invbench.io import (append_jsonl, atomic_write_bytes, atomic_write_json, iter_jsonl, read_json,
                          remove_stale_temporaries)
 from invbench.rundir import (CHECKPOINT, DATASET, DONE, ERROR, METRICS, RUN_FILES, SPEC, STARTED, TIMING,
-                             check_done, run_lock, set_aside, source_in_question, superseded)
+                             RunBusyError, check_done, run_lock, set_aside, source_in_question, superseded)
 from invbench.spec import RunSpec
 from invbench.devices import resolve_device
 from invbench.trainer import Trainer, build_dataset, evaluation_steps
@@ -91,6 +91,42 @@ def run(spec: RunSpec, out_root: Path | str, *, job_id: str | None = None, log: 
         with run_lock(run_dir):
             _run_locked(spec, run_dir, job_id, log)
     return run_dir
+
+
+@dataclass
+class RunOutcome:
+    """What became of one run of a pack: "done", "failed" (its directory holds error.json,
+    ``message`` says why) or "busy" (another process trains it; left to that process)."""
+
+    spec: RunSpec
+    status: str
+    run_dir: Path
+    message: str = ""
+    wall_time: float = 0.0
+
+
+PackLog = Callable[[RunSpec, str], None]
+
+
+def run_pack(specs: Sequence[RunSpec], out_root: Path | str, *, job_id: str | None = None,
+             log: PackLog | None = None) -> list[RunOutcome]:
+    """Train ``specs`` (compatible: invbench.packing) as one pack and return one outcome per
+    spec, in order. One run's failure never stops its pack-mates."""
+    outcomes = []
+    for spec in specs:
+        start = time.monotonic()
+        run_log = (lambda message, spec=spec: log(spec, message)) if log else None
+        try:
+            run_dir = run(spec, out_root, job_id=job_id, log=run_log)
+            outcomes.append(RunOutcome(spec, "done", run_dir, wall_time=time.monotonic() - start))
+        except RunFailedError as exc:
+            outcomes.append(RunOutcome(spec, "failed", exc.run_dir, str(exc)))
+        except RunBusyError as exc:
+            outcomes.append(RunOutcome(spec, "busy", Path(out_root) / spec.dirname, str(exc)))
+        except Exception as exc:  # e.g. its directory holds another run: that run alone fails
+            outcomes.append(RunOutcome(spec, "failed", Path(out_root) / spec.dirname,
+                                       f"run {spec.dirname} could not start: {type(exc).__name__}: {exc}"))
+    return outcomes
 
 
 def data_source(spec: RunSpec) -> dict:
