@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from invbench.errors import ConfigError, UnknownNameError
+from invbench.packed import packed_linear
 from invbench.registry import MODELS
 from invbench.tasks import TASK_TYPES
 
@@ -133,6 +134,23 @@ class MLP(nn.Module):
             x = x.reshape(x.shape[0], self.grayscale_channels, -1).sum(dim=1)
         return self.net(x.reshape(x.shape[0], -1))
 
+    # A pack of MLPs (invbench.packed): params hold this model's parameters stacked along a
+    # leading run dimension; inputs are (R, n, ...). Featurizer: the two hidden layers;
+    # classifier: the last linear layer.
+    def features_packed(self, params: dict, x: torch.Tensor) -> torch.Tensor:
+        runs, n = x.shape[0], x.shape[1]
+        if self.grayscale_channels:
+            x = x.reshape(runs, n, self.grayscale_channels, -1).sum(dim=2)
+        h = x.reshape(runs, n, -1)
+        h = torch.relu(packed_linear(h, params["net.0.weight"], params["net.0.bias"]))
+        return torch.relu(packed_linear(h, params["net.2.weight"], params["net.2.bias"]))
+
+    def classify_packed(self, params: dict, z: torch.Tensor) -> torch.Tensor:
+        return packed_linear(z, params["net.4.weight"], params["net.4.bias"])
+
+    def forward_packed(self, params: dict, x: torch.Tensor) -> torch.Tensor:
+        return self.classify_packed(params, self.features_packed(params, x))
+
 
 class Linear(nn.Module):
     """A linear model on the flattened input (with or without intercept)."""
@@ -149,6 +167,17 @@ class Linear(nn.Module):
     def coefficients(self) -> torch.Tensor:
         return self.linear.weight
 
+    # A pack of linear models (invbench.packed). The featurizer is the identity on the
+    # flattened input, the classifier the linear map.
+    def features_packed(self, params: dict, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], x.shape[1], -1)
+
+    def classify_packed(self, params: dict, z: torch.Tensor) -> torch.Tensor:
+        return packed_linear(z, params["linear.weight"], params.get("linear.bias"))
+
+    def forward_packed(self, params: dict, x: torch.Tensor) -> torch.Tensor:
+        return self.classify_packed(params, self.features_packed(params, x))
+
 
 class SmallCNN(nn.Module):
     """DomainBed's MNIST_CNN: four 3x3 convolutions with group norm, global pooling, linear head."""
@@ -160,11 +189,12 @@ class SmallCNN(nn.Module):
         widths = [(channels, 64, 1), (64, 128, 2), (128, 128, 1), (128, 128, 1)]
         for c_in, c_out, stride in widths:
             layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.ReLU(), nn.GroupNorm(8, c_out)]
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(128, n_outputs)
+        # featurizer / classifier: the names invbench.packed looks for
+        self.featurizer = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(128, n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.classifier(self.featurizer(x))
 
 
 # The registered models ------------------------------------------------------------------

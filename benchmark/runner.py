@@ -28,6 +28,7 @@ on a fallback subset, or a request that names a data directory, looks at the dat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -45,7 +46,7 @@ from invbench.rundir import (CHECKPOINT, DATASET, DONE, ERROR, METRICS, RUN_FILE
                              RunBusyError, check_done, run_lock, set_aside, source_in_question, superseded)
 from invbench.spec import RunSpec
 from invbench.devices import resolve_device
-from invbench.trainer import Trainer, build_dataset, evaluation_steps
+from invbench.trainer import CHECKPOINT_FORMAT, Trainer, build_dataset, evaluation_steps
 from invbench.warn import Progress
 
 Log = Callable[[str], None]
@@ -63,14 +64,87 @@ class RunFailedError(RuntimeError):
 
 
 def run(spec: RunSpec, out_root: Path | str, *, job_id: str | None = None, log: Log | None = None) -> Path:
-    """Train ``spec`` (resuming from its checkpoint) and return its run directory.
+    """Train ``spec`` (resuming from its checkpoint) and return its run directory: a pack of one.
 
     ``job_id`` is the executor's name for the job that runs it (recorded in started.json).
     A run done on the data source that the spec's data resolves to now returns at once.
-    Raises RunFailedError when the run raised; its directory then holds error.json.
+    Raises RunFailedError when the run raised (its directory then holds error.json),
+    RunBusyError when another process trains it, and the error itself when it could not
+    start (its directory holds another run, its data cannot be found).
     """
-    log = log or _quiet
-    run_dir = Path(out_root) / spec.dirname
+    outcome = run_pack([spec], out_root, job_id=job_id, log=(lambda _spec, message: log(message)) if log else None)[0]
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.run_dir
+
+
+@dataclass
+class RunOutcome:
+    """What became of one run of a pack: "done", "failed" (``message`` says why; error.json
+    holds the traceback when the run started) or "busy" (another process trains it; left to
+    that process). ``error`` is the exception that ``run`` raises for it."""
+
+    spec: RunSpec
+    status: str
+    run_dir: Path
+    message: str = ""
+    wall_time: float = 0.0
+    error: BaseException | None = field(default=None, repr=False)
+
+
+PackLog = Callable[[RunSpec, str], None]
+
+
+@dataclass
+class _Member:
+    """A run of a pack, locked and ready to train."""
+
+    spec: RunSpec
+    run_dir: Path
+    log: Log
+    start: Start | None = None
+    started_at: float = field(default_factory=time.monotonic)
+
+
+def run_pack(specs: Sequence[RunSpec], out_root: Path | str, *, job_id: str | None = None,
+             log: PackLog | None = None) -> list[RunOutcome]:
+    """Train ``specs`` (compatible: invbench.packing) as one pack and return one outcome per
+    spec, in order. One run's failure never stops its pack-mates: a run that cannot start,
+    is busy elsewhere or diverges fails (or is left) alone.
+
+    Each run keeps its own directory, lock, checkpoint and records, written exactly as a run
+    alone writes them; runs done already are skipped. Runs that resume at different steps
+    (a pack interrupted while writing its checkpoints, a retry) train as separate packs,
+    one per starting step.
+    """
+    pack_log: PackLog = log or (lambda spec, message: None)
+    outcomes: dict[int, RunOutcome] = {}
+    with contextlib.ExitStack() as locks:
+        members: dict[int, _Member] = {}
+        for index, spec in enumerate(specs):
+            run_dir = Path(out_root) / spec.dirname
+            member_log: Log = lambda message, spec=spec: pack_log(spec, message)
+            try:
+                ready = _prepare(spec, run_dir, locks, member_log)
+            except RunBusyError as exc:
+                outcomes[index] = RunOutcome(spec, "busy", run_dir, str(exc), error=exc)
+                continue
+            except Exception as exc:  # e.g. its directory holds another run: that run alone fails
+                outcomes[index] = RunOutcome(spec, "failed", run_dir,
+                                             f"run {spec.dirname} could not start: {type(exc).__name__}: {exc}",
+                                             error=exc)
+                continue
+            if ready:
+                members[index] = _Member(spec, run_dir, member_log)
+            else:
+                outcomes[index] = RunOutcome(spec, "done", run_dir)
+        outcomes.update(_train_members(members, job_id))
+    return [outcomes[index] for index in range(len(specs))]
+
+
+def _prepare(spec: RunSpec, run_dir: Path, locks: contextlib.ExitStack, log: Log) -> bool:
+    """Lock the run, settle a done record, claim spec.json: True when the run must train
+    (its lock then stays held in ``locks``), False when it is done."""
     current: list[dict] = []  # the data source, resolved at most once
 
     def source() -> dict:
@@ -80,53 +154,132 @@ def run(spec: RunSpec, out_root: Path | str, *, job_id: str | None = None, log: 
 
     done, _ = check_done(run_dir, spec.run_id)
     if done is not None and not _outdated(spec, done, source):  # no lock needed: nothing is written
-        return run_dir
+        return False
     run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir):
+    with contextlib.ExitStack() as held:
+        held.enter_context(run_lock(run_dir))
         action = _settle_done(spec, run_dir, source, log)
-        if action == "train":
-            _run_locked(spec, run_dir, job_id, log)
-    if action == "set aside":  # the run done on other data moved away: train it afresh
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with run_lock(run_dir):
-            _run_locked(spec, run_dir, job_id, log)
-    return run_dir
+        if action == "done":
+            return False
+        if action == "set aside":  # the run done on other data moved away (its lock with it): afresh
+            held.close()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(run_lock(run_dir))
+        # Under the lock, no live process writes this run's files: their temporaries are leftovers.
+        remove_stale_temporaries(run_dir, own=RUN_FILES)
+        _claim_spec(spec, run_dir, log)
+        (run_dir / ERROR).unlink(missing_ok=True)
+        locks.enter_context(held.pop_all())
+    return True
 
 
-@dataclass
-class RunOutcome:
-    """What became of one run of a pack: "done", "failed" (its directory holds error.json,
-    ``message`` says why) or "busy" (another process trains it; left to that process)."""
-
-    spec: RunSpec
-    status: str
-    run_dir: Path
-    message: str = ""
-    wall_time: float = 0.0
-
-
-PackLog = Callable[[RunSpec, str], None]
-
-
-def run_pack(specs: Sequence[RunSpec], out_root: Path | str, *, job_id: str | None = None,
-             log: PackLog | None = None) -> list[RunOutcome]:
-    """Train ``specs`` (compatible: invbench.packing) as one pack and return one outcome per
-    spec, in order. One run's failure never stops its pack-mates."""
-    outcomes = []
-    for spec in specs:
-        start = time.monotonic()
-        run_log = (lambda message, spec=spec: log(spec, message)) if log else None
+def _train_members(members: dict[int, _Member], job_id: str | None) -> dict[int, RunOutcome]:
+    """Plan each run's start, then train them in packs of one starting step each."""
+    outcomes: dict[int, RunOutcome] = {}
+    groups: dict[int, dict[int, _Member]] = {}
+    for index, member in members.items():
         try:
-            run_dir = run(spec, out_root, job_id=job_id, log=run_log)
-            outcomes.append(RunOutcome(spec, "done", run_dir, wall_time=time.monotonic() - start))
-        except RunFailedError as exc:
-            outcomes.append(RunOutcome(spec, "failed", exc.run_dir, str(exc)))
-        except RunBusyError as exc:
-            outcomes.append(RunOutcome(spec, "busy", Path(out_root) / spec.dirname, str(exc)))
-        except Exception as exc:  # e.g. its directory holds another run: that run alone fails
-            outcomes.append(RunOutcome(spec, "failed", Path(out_root) / spec.dirname,
-                                       f"run {spec.dirname} could not start: {type(exc).__name__}: {exc}"))
+            member.start = _plan_start(member.spec, member.run_dir, resolve_device(member.spec.device))
+        except Exception as exc:
+            outcomes[index] = _fail(member, exc)
+            continue
+        groups.setdefault(member.start.step, {})[index] = member
+    while groups:
+        step = min(groups)
+        restarted = _train_group(groups.pop(step), job_id, outcomes)
+        if restarted:  # checkpoints that did not fit: those runs start over, as a pack of their own
+            groups.setdefault(0, {}).update(restarted)
     return outcomes
+
+
+def _train_group(group: dict[int, _Member], job_id: str | None, outcomes: dict[int, RunOutcome]
+                 ) -> dict[int, _Member]:
+    """Train one pack whose runs all start at one step; record outcomes; return the runs
+    whose checkpoint did not fit the model (set aside: they must start over)."""
+    indices = list(group)
+    members = [group[i] for i in indices]
+    for member in members:
+        _write_started(member.run_dir, job_id, member.start)
+    try:
+        trainer = Trainer([m.spec for m in members], resolve_device(members[0].spec.device))
+    except Exception as exc:
+        for index, member in group.items():
+            outcomes[index] = _fail(member, exc)
+        return {}
+    restarted: dict[int, _Member] = {}
+    for r, member in enumerate(members):
+        atomic_write_json(member.run_dir / DATASET, trainer.dataset_info(r))
+        if member.start.state is None:
+            continue
+        try:
+            trainer.resume(member.start.state, r)
+        except Exception as exc:  # a checkpoint of another model shape, an optimizer that changed
+            member.start = _restart(member.run_dir, f"{CHECKPOINT} does not fit the model "
+                                    f"({type(exc).__name__}: {exc})", set_aside_file=CHECKPOINT)
+            trainer.active[r] = False  # trains again from step 0 in a pack of its own
+            restarted[indices[r]] = member
+    for r, member in enumerate(members):
+        if indices[r] not in restarted:
+            member.log(member.start.message(member.run_dir))
+    live = [r for r in range(len(members)) if indices[r] not in restarted]
+    try:
+        _train_loop(trainer, members, live, indices, outcomes)
+    except KeyboardInterrupt:
+        # Ctrl-C is not the runs' failure: no error.json, so they read "stale" (not
+        # "failed") and the next launch resumes each from its checkpoint.
+        raise
+    except Exception as exc:
+        for r in live:
+            if indices[r] not in outcomes:
+                outcomes[indices[r]] = _fail(members[r], exc)
+    return restarted
+
+
+def _train_loop(trainer: Trainer, members: list[_Member], live: list[int], indices: list[int],
+                outcomes: dict[int, RunOutcome]) -> None:
+    spec = members[0].spec
+    while True:
+        if trainer.evaluation_due:
+            records = trainer.evaluate()
+            for r in live:
+                if records[r] is None:
+                    continue
+                run_dir = members[r].run_dir
+                append_jsonl(run_dir / METRICS, records[r])
+                append_jsonl(run_dir / TIMING, {"step": trainer.steps_done, "wall_time": trainer.elapsed(r)})
+                atomic_write_bytes(run_dir / CHECKPOINT, trainer.checkpoint_bytes(r))
+            first = next((r for r in live if trainer.is_active(r)), None)
+            if first is not None:
+                pack = f" (pack of {len(live)})" if len(live) > 1 else ""
+                members[first].log(Progress(f"step {trainer.steps_done}/{spec.steps}{pack}"))
+        if trainer.finished:
+            break
+        for r in trainer.step():
+            if r in live:
+                outcomes[indices[r]] = _fail(members[r], FloatingPointError(trainer.failures[r]), traceback_text="")
+    for r in live:
+        if trainer.is_active(r):
+            member = members[r]
+            atomic_write_json(member.run_dir / DONE, {"run_id": member.spec.run_id, "time": time.time(),
+                                                      "start": member.start.record(), **trainer.finish(r)})
+            outcomes[indices[r]] = RunOutcome(member.spec, "done", member.run_dir,
+                                              wall_time=time.monotonic() - member.started_at)
+
+
+def _fail(member: _Member, exc: Exception, traceback_text: str | None = None) -> RunOutcome:
+    """Write the run's error.json and the outcome that says where it is."""
+    where = None
+    try:
+        atomic_write_json(member.run_dir / ERROR, {
+            "type": type(exc).__name__, "message": str(exc),
+            "traceback": traceback.format_exc() if traceback_text is None else traceback_text,
+            "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+        })
+    except OSError as write_error:  # a full disk: the run stays stale, and the error says why
+        where = f"{ERROR} could not be written: {write_error}"
+    error = RunFailedError(member.run_dir, f"{type(exc).__name__}: {exc}", where)
+    error.__cause__ = exc
+    return RunOutcome(member.spec, "failed", member.run_dir, str(error), error=error)
 
 
 def data_source(spec: RunSpec) -> dict:
@@ -172,29 +325,6 @@ def _quiet(message: str) -> None:
     pass
 
 
-def _run_locked(spec: RunSpec, run_dir: Path, job_id: str | None, log: Log) -> None:
-    # Under the lock, no live process writes this run's files: their temporaries are leftovers.
-    remove_stale_temporaries(run_dir, own=RUN_FILES)
-    _claim_spec(spec, run_dir, log)
-    (run_dir / ERROR).unlink(missing_ok=True)
-    try:
-        _train(spec, run_dir, job_id, log)
-    except KeyboardInterrupt:
-        # Ctrl-C is not the run's failure: no error.json, so the run reads "stale" (not
-        # "failed") and the next launch resumes it from its checkpoint.
-        raise
-    except Exception as exc:
-        where = None
-        try:
-            atomic_write_json(run_dir / ERROR, {
-                "type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(),
-                "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
-            })
-        except OSError as write_error:  # a full disk: the run stays stale, and the error says why
-            where = f"{ERROR} could not be written: {write_error}"
-        raise RunFailedError(run_dir, f"{type(exc).__name__}: {exc}", where) from exc
-
-
 def _claim_spec(spec: RunSpec, run_dir: Path, log: Log) -> None:
     """Write spec.json; a spec.json that cannot be read is set aside, another run's is an error."""
     path = run_dir / SPEC
@@ -235,36 +365,6 @@ class Start:
         return Progress(f"starting {run_dir.name}")
 
 
-def _train(spec: RunSpec, run_dir: Path, job_id: str | None, log: Log) -> None:
-    device = resolve_device(spec.device)
-    start = _plan_start(spec, run_dir, device)
-    _write_started(run_dir, job_id, start)
-    trainer = Trainer(spec, device)
-    atomic_write_json(run_dir / DATASET, trainer.dataset_info())
-    if start.state is not None:
-        try:
-            trainer.resume(start.state)
-        except Exception as exc:  # a checkpoint of another model shape, an optimizer that changed
-            start = _restart(run_dir, f"{CHECKPOINT} does not fit the model ({type(exc).__name__}: {exc})",
-                             set_aside_file=CHECKPOINT)
-            _write_started(run_dir, job_id, start)
-            trainer = Trainer(spec, device)  # nothing half-loaded survives
-    log(start.message(run_dir))
-
-    checkpoint = run_dir / CHECKPOINT
-    while True:
-        if trainer.evaluation_due:
-            append_jsonl(run_dir / METRICS, trainer.evaluate())
-            append_jsonl(run_dir / TIMING, {"step": trainer.steps_done, "wall_time": trainer.elapsed()})
-            atomic_write_bytes(checkpoint, trainer.checkpoint_bytes())
-            log(Progress(f"step {trainer.steps_done}/{spec.steps}"))
-        if trainer.finished:
-            break
-        trainer.step()
-    atomic_write_json(run_dir / DONE, {"run_id": spec.run_id, "time": time.time(), "start": start.record(),
-                                       **trainer.finish()})
-
-
 def _write_started(run_dir: Path, job_id: str | None, start: Start) -> None:
     atomic_write_json(run_dir / STARTED, {
         "pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "job_id": job_id,
@@ -302,9 +402,11 @@ def _plan_start(spec: RunSpec, run_dir: Path, device: torch.device) -> Start:
 
 
 def _checkpoint_problem(spec: RunSpec, state: Any) -> str | None:
-    if not isinstance(state, dict) or not {"run_id", "step", "model", "optimizer", "method", "rng",
+    if not isinstance(state, dict) or not {"run_id", "step", "model", "optimizer", "method",
                                            "elapsed"} <= set(state):
         return "is not a training checkpoint"
+    if state.get("format") != CHECKPOINT_FORMAT:
+        return "was written by an older invbench (another checkpoint format)"
     if state["run_id"] != spec.run_id:
         return "belongs to another run"
     if state["step"] not in evaluation_steps(spec, spec.steps):

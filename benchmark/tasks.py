@@ -39,6 +39,33 @@ class Task:
             return {"loss": loss, "acc": correct}
         return {"loss": loss, "mse": loss}
 
+    # Packs of runs: logits (R, n, out), labels (R, n); one value per run. Each run's
+    # values are reduced over its own contiguous row, the same way alone or in a pack.
+
+    def run_losses(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(R,): each run's mean loss."""
+        return self._elementwise_loss(logits, y).mean(dim=1)
+
+    def run_metric_sums(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-run sums over the batch ((R,) each), so that chunks add up."""
+        loss = self._elementwise_loss(logits, y).sum(dim=1)
+        if self.kind == "binary":
+            correct = ((logits[..., 0] > 0).to(y.dtype) == y).sum(dim=1)
+            return {"loss": loss, "acc": correct.to(loss.dtype)}
+        if self.kind == "multiclass":
+            return {"loss": loss, "acc": (logits.argmax(dim=-1) == y.long()).sum(dim=1).to(loss.dtype)}
+        return {"loss": loss, "mse": loss}
+
+    def _elementwise_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(R, n): each example's loss."""
+        runs, n = y.shape[0], y.shape[1]
+        if self.kind == "binary":
+            return F.binary_cross_entropy_with_logits(logits[..., 0], y.to(logits.dtype), reduction="none")
+        if self.kind == "multiclass":
+            flat = F.cross_entropy(logits.reshape(runs * n, -1), y.reshape(-1).long(), reduction="none")
+            return flat.reshape(runs, n)
+        return F.mse_loss(logits[..., 0], y.to(logits.dtype), reduction="none")
+
     @property
     def score_name(self) -> str:
         """The metric model selection maximises ("acc"), or minimises for regression ("mse")."""

@@ -1,13 +1,22 @@
-"""One run's training, free of files: the runner decides what is written and when.
+"""The training of a pack of runs, free of files: the runner decides what is written and when.
+
+A pack is R compatible specs (invbench.packing) trained as one computation: their models'
+parameters stacked along a leading run dimension (invbench.packed), their hyperparameters
+as per-run tensors, one backward pass and one Adam update (invbench.optim) per step. R = 1
+is a single run. Runs never mix, so a run's numbers do not depend on its pack-mates.
 
 A Trainer goes through five stages:
-  setup     Trainer(spec): the dataset, model, method, optimizer and minibatch sampler,
-            seeded from the spec alone
-  resume    load a checkpoint's state (model, optimizer, method, RNG, step)
-  step      one update of the model
-  evaluate  the record of the current step: every environment's split metrics, the
-            averages of the training window since the last record, extra metrics
-  finish    what the done record says about the training (device, torch, data source)
+  setup     Trainer(specs): datasets (each distinct one built once), models (each seeded
+            from its own spec, exactly as alone), method, optimizer and minibatch samplers
+  resume    load one run's checkpoint state (model, optimizer, method, step); every run of
+            a pack resumes at the same step (the runner groups them so)
+  step      one update of every active run (``train_step``, shared with the benchmarks)
+  evaluate  one record per active run: every environment's split metrics, the averages of
+            the training window since the last record, extra metrics
+  finish    what the done record says about a run's training (device, torch, data source)
+
+A run whose loss becomes NaN or infinite stops alone: it is marked failed (``failures``)
+and never updated again, while its pack-mates go on.
 
 The record at step s describes the model after s updates (the IRM code's "step 500 of
 501" is our step 500). Records are due at every multiple of eval_every and at the last
@@ -26,12 +35,15 @@ from invbench.data import TRAIN, Dataset
 from invbench.devices import resolve_device
 from invbench.errors import ConfigError
 from invbench.hparams import seed_hash
-from invbench.method import Method
+from invbench.method import Method, StepResult
 from invbench.models import build_model
+from invbench.optim import PackedAdam
+from invbench.packed import PackedModel
 from invbench.registry import DATASETS, METHODS
 from invbench.spec import RunSpec
 
 EVAL_CHUNK = 8192
+CHECKPOINT_FORMAT = 2  # 2: one run of a pack (packed Adam state); 1 was torch.optim.Adam's
 
 
 
@@ -57,179 +69,310 @@ def check_batch_sizes(dataset: Dataset, train_envs: Sequence[int], batch_size: i
 
 
 class MinibatchSampler:
-    """Stateless: the batch of a step depends only on (seed, env, step), so resuming is exact.
+    """Stateless: the rows of a step depend only on (seed, env, step), so resuming is exact.
 
     Each epoch is a fresh seeded permutation of the environment; the last incomplete batch
-    of an epoch is dropped.
-    """
+    of an epoch is dropped. ``rows(step)`` gives one index tensor per environment (None:
+    full batch)."""
 
-    def __init__(self, dataset: Dataset, train_envs: Sequence[int], batch_size: int, seed: int):
-        self.envs = [dataset.envs[i] for i in train_envs]
+    def __init__(self, sizes: Sequence[int], batch_size: int, seed: int, device: torch.device | None = None):
+        self.sizes = list(sizes)
         self.batch_size = batch_size
         self.seed = seed
+        self.device = device
         self._perms: dict[tuple[int, int], torch.Tensor] = {}
 
-    def batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        out = []
-        for index, env in enumerate(self.envs):
-            x, y = env.splits[TRAIN]
+    def rows(self, step: int) -> list[torch.Tensor | None]:
+        out: list[torch.Tensor | None] = []
+        for index, size in enumerate(self.sizes):
             if self.batch_size == 0:
-                out.append((x, y))
+                out.append(None)
                 continue
-            per_epoch = len(y) // self.batch_size
+            per_epoch = size // self.batch_size
             epoch, position = divmod(step, per_epoch)
             perm = self._perms.get((index, epoch))
             if perm is None:
                 gen = torch.Generator().manual_seed(seed_hash("batches", self.seed, index, epoch))
-                perm = torch.randperm(len(y), generator=gen).to(y.device)
+                perm = torch.randperm(size, generator=gen).to(self.device or "cpu")
                 self._perms = {k: v for k, v in self._perms.items() if k[0] != index}
                 self._perms[(index, epoch)] = perm
-            rows = perm[position * self.batch_size:(position + 1) * self.batch_size]
-            out.append((x[rows], y[rows]))
+            out.append(perm[position * self.batch_size:(position + 1) * self.batch_size])
         return out
 
 
+def train_step(model: PackedModel, method: Method, optimizer: PackedAdam, batches: Sequence[tuple],
+               step: int, l2: torch.Tensor, active: torch.Tensor) -> StepResult:
+    """One update of every active run of a pack: the step of the runner, the speed
+    benchmarks and the tests alike (the method's ``update``: the simple path composes and
+    differentiates its objective, the explicit path does what the method says)."""
+    return method.update(model, batches, step, optimizer, l2, active)
+
+
+class PackData:
+    """The pack's data: per environment and split, inputs (R, n, ...) and labels (R, n).
+
+    When every run trains on one dataset (one trial), the tensors are expanded views of
+    that dataset's (stride 0 along the runs: no copy); otherwise each run's own data are
+    stacked (the runs' datasets must then have the same sizes)."""
+
+    def __init__(self, datasets: Sequence[Dataset]):
+        self.runs = len(datasets)
+        first = datasets[0]
+        self.shared = all(d is first for d in datasets)
+        self.env_names = first.env_names
+        self.splits: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
+        for e, env in enumerate(first.envs):
+            splits = {}
+            for split in env.splits:
+                if self.shared:
+                    x, y = env.splits[split]
+                    splits[split] = (x.expand(self.runs, *x.shape), _labels(y).expand(self.runs, len(y)))
+                    continue
+                parts = [d.envs[e].splits.get(split) for d in datasets]
+                shapes = {(tuple(p[0].shape), tuple(p[1].shape)) if p is not None else None for p in parts}
+                if len(shapes) != 1 or None in shapes:
+                    raise ConfigError(f"the runs of a pack have different data shapes in environment "
+                                      f"{env.name} ({split}): they cannot train as one pack; use pack_size 1")
+                splits[split] = (torch.stack([p[0] for p in parts]), torch.stack([_labels(p[1]) for p in parts]))
+            self.splits.append(splits)
+
+    def batch(self, env: int, rows: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Environment ``env``'s training batch: ``rows[r]`` (None: all) for each run."""
+        x, y = self.splits[env][TRAIN]
+        if rows[0] is None:
+            return x, y
+        index = torch.stack(list(rows))  # (R, B)
+        if self.shared:
+            return x[0][index], y[0][index]
+        runs = torch.arange(self.runs, device=index.device)[:, None]
+        return x[runs, index], y[runs, index]
+
+
+def _labels(y: torch.Tensor) -> torch.Tensor:
+    """Labels as one value per example (a regression target of shape (n, 1) included)."""
+    return y.reshape(len(y)) if y.dim() > 1 and y[0].numel() == 1 else y
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: Dataset) -> dict[str, dict[str, dict[str, float]]]:
-    model.eval()
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for env in dataset.envs:
-        out[env.name] = {}
-        for split, (x, y) in env.splits.items():
-            totals: dict[str, float] = {}
-            for start in range(0, len(y), EVAL_CHUNK):
-                logits = model(x[start:start + EVAL_CHUNK])
-                for key, value in dataset.task.metrics(logits, y[start:start + EVAL_CHUNK]).items():
-                    totals[key] = totals.get(key, 0.0) + value
-            out[env.name][split] = {k: v / max(len(y), 1) for k, v in totals.items()}
-    model.train()
+def evaluate(model: PackedModel, data: PackData, task: Any) -> list[dict[str, dict[str, dict[str, float]]]]:
+    """Every run's metrics on every environment and split: one dict per run of the pack."""
+    out: list[dict[str, dict[str, dict[str, float]]]] = [{} for _ in range(data.runs)]
+    for name, splits in zip(data.env_names, data.splits):
+        for record in out:
+            record[name] = {}
+        for split, (x, y) in splits.items():
+            n = y.shape[1]
+            totals: dict[str, torch.Tensor] = {}
+            for start in range(0, n, EVAL_CHUNK):
+                logits = model(x[:, start:start + EVAL_CHUNK])
+                for key, value in task.run_metric_sums(logits, y[:, start:start + EVAL_CHUNK]).items():
+                    value = value.double()  # chunks add up in double precision
+                    totals[key] = totals[key] + value if key in totals else value
+            values = {key: (value / max(n, 1)).tolist() for key, value in totals.items()}
+            for r, record in enumerate(out):
+                record[name][split] = {key: values[key][r] for key in values}
     return out
 
 
-def make_optimizer(model: torch.nn.Module, hparams: dict) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.parameters(), lr=hparams["lr"], weight_decay=hparams["weight_decay"])
-
-
 class Trainer:
-    """The training state of one spec. ``steps_done`` counts the updates made so far."""
+    """The training state of a pack of specs (one spec: a pack of one). ``steps_done``
+    counts the updates made so far; every run of a pack is at the same step."""
 
-    def __init__(self, spec: RunSpec, device: torch.device | None = None):
-        """Setup: everything is seeded from the spec, so two setups of one spec train alike."""
+    def __init__(self, specs: RunSpec | Sequence[RunSpec], device: torch.device | None = None):
+        """Setup: every run is seeded from its spec alone, so it starts alike in any pack."""
         self._clock = time.perf_counter()
-        self._elapsed_before = 0.0
-        self.spec = spec
-        self.device = device if device is not None else resolve_device(spec.device)
-        self.dataset = build_dataset(spec).to(self.device)
-        self.train_envs = [i for i in range(len(self.dataset.envs)) if i not in spec.test_envs]
-        self.hparams = dict(spec.hparams)
-        check_batch_sizes(self.dataset, self.train_envs, self.hparams["batch_size"])
-        seed = seed_hash("run", spec.trial, spec.hparams_seed)
-        torch.manual_seed(seed)
-        self.model = build_model(spec.model, self.dataset.input_shape, self.dataset.n_outputs,
-                                 self.hparams).to(self.device)
-        self.method: Method = METHODS.get(spec.method)(
-            self.hparams, len(self.train_envs), self.dataset.task,
-            env_sizes=[self.dataset.envs[i].size(TRAIN) for i in self.train_envs]).to(self.device)
-        self.optimizer = make_optimizer(self.model, self.hparams)
-        self.sampler = MinibatchSampler(self.dataset, self.train_envs, self.hparams["batch_size"], seed)
-        self._reset_step = self.method.optimizer_reset_step()
+        self.specs = [specs] if isinstance(specs, RunSpec) else list(specs)
+        if not self.specs:
+            raise ConfigError("a pack needs at least one spec")
+        first = self.specs[0]
+        self.spec = first
+        self.runs = len(self.specs)
+        self._elapsed_before = [0.0] * self.runs
+        self.device = device if device is not None else resolve_device(first.device)
+        built: dict[tuple[str, int], Dataset] = {}
+        for spec in self.specs:
+            key = (spec.data_key, spec.trial)
+            if key not in built:
+                built[key] = build_dataset(spec).to(self.device)
+        self.datasets = [built[(spec.data_key, spec.trial)] for spec in self.specs]
+        self.dataset = self.datasets[0]
+        self.data = PackData(self.datasets)
+        self.train_envs = [i for i in range(len(self.dataset.envs)) if i not in first.test_envs]
+        self.hparams = [dict(spec.hparams) for spec in self.specs]
+        batch_size = self.hparams[0]["batch_size"]
+        check_batch_sizes(self.dataset, self.train_envs, batch_size)
+        models = []
+        for spec, hp in zip(self.specs, self.hparams):
+            torch.manual_seed(seed_hash("run", spec.trial, spec.hparams_seed))
+            models.append(build_model(spec.model, self.dataset.input_shape, self.dataset.n_outputs, hp))
+        self.model = PackedModel(models).to(self.device)
+        env_sizes = [self.dataset.envs[i].size(TRAIN) for i in self.train_envs]
+        self.method: Method = METHODS.get(first.method)(
+            self.hparams, len(self.train_envs), self.dataset.task, env_sizes=env_sizes).to(self.device)
+        self.optimizer = PackedAdam(self._trained_parameters(), lr=self._per_run("lr"),
+                                    weight_decay=self._per_run("weight_decay"))
+        self.l2 = self._per_run("l2").to(torch.float32)
+        self.samplers = [MinibatchSampler(env_sizes, batch_size, seed_hash("run", spec.trial, spec.hparams_seed),
+                                          self.device) for spec in self.specs]
+        self.active = torch.ones(self.runs, dtype=torch.bool, device=self.device)
+        self.failures: dict[int, str] = {}  # run index -> why it stopped (diverged)
         self.steps_done = 0
-        self._evaluated_at: int | None = None  # the step of the latest record (made or restored)
-        self._window: dict[str, float] = {}
+        self._evaluated_at: int | None = None  # the step of the latest records (made or restored)
+        self._window: dict[str, torch.Tensor] = {}
         self._window_steps = 0
+
+    def _per_run(self, name: str) -> torch.Tensor:
+        return torch.tensor([float(hp[name]) for hp in self.hparams], dtype=torch.float64, device=self.device)
+
+    def _trained_parameters(self) -> dict[str, torch.Tensor]:
+        params = dict(self.model.packed_parameters())
+        params.update({f"method.{name}": p for name, p in self.method.own_parameters().items()})
+        return params
 
     # Describing ---------------------------------------------------------------------------
 
-    def dataset_info(self) -> dict[str, Any]:
-        """dataset.json: the data source, environment names and sizes."""
-        dataset = self.dataset
+    def dataset_info(self, run: int = 0) -> dict[str, Any]:
+        """dataset.json of run ``run``: the data source, environment names and sizes."""
+        dataset = self.datasets[run]
         return {
             "source": dataset.source, "env_names": dataset.env_names, "task": dataset.task.kind,
-            "test_envs": list(self.spec.test_envs), "train_envs": self.train_envs,
+            "test_envs": list(self.specs[run].test_envs), "train_envs": self.train_envs,
             "env_sizes": {env.name: {s: len(t[1]) for s, t in env.splits.items()} for env in dataset.envs},
             "env_info": {env.name: env.info for env in dataset.envs},
         }
 
-    def elapsed(self) -> float:
-        """Seconds of training, earlier attempts included."""
-        return self._elapsed_before + time.perf_counter() - self._clock
+    def elapsed(self, run: int = 0) -> float:
+        """Seconds of training of run ``run``, earlier attempts included."""
+        return self._elapsed_before[run] + time.perf_counter() - self._clock
+
+    def is_active(self, run: int) -> bool:
+        return bool(self.active[run])
 
     @property
     def finished(self) -> bool:
-        return self.steps_done >= self.spec.steps
+        return self.steps_done >= self.spec.steps or not bool(self.active.any())
 
     @property
     def evaluation_due(self) -> bool:
-        """Whether the current step needs a record that it does not have yet."""
+        """Whether the current step needs records that it does not have yet."""
         step = self.steps_done
         return (step % self.spec.eval_every == 0 or step == self.spec.steps) and step != self._evaluated_at
 
     # Stages -------------------------------------------------------------------------------
 
-    def resume(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint (``checkpoint_bytes``): the record of its step exists."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.method.load_state_dict(state["method"])
-        torch.set_rng_state(state["rng"])
+    def resume(self, state: dict[str, Any], run: int = 0) -> None:
+        """Continue run ``run`` from its checkpoint (``checkpoint_bytes``): the record of its
+        step exists. Every part is checked before anything is loaded, so a state that does
+        not fit raises and leaves the pack as it was."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT} "
+                             "(written by an older invbench)")
+        if self._evaluated_at is not None and state["step"] != self.steps_done:
+            raise ValueError(f"a pack resumes at one step: this one is at {self.steps_done}, "
+                             f"the checkpoint at {state['step']}")
+        self.model.check_run_state(state["model"])
+        self.optimizer.check_run_state(state["optimizer"])
+        method_state = self._stacked_method_state(run, state["method"])
+        self.model.load_run_state_dict(run, state["model"])
+        self.optimizer.load_run_state_dict(run, state["optimizer"])
+        self.method.load_state_dict(method_state)
         self.steps_done = self._evaluated_at = state["step"]
-        self._elapsed_before = state["elapsed"]
+        self._elapsed_before[run] = state["elapsed"] - (time.perf_counter() - self._clock)
 
-    def step(self) -> None:
-        """One update. Raises FloatingPointError when the loss is NaN or infinite (diverged)."""
+    def _stacked_method_state(self, run: int, saved: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The method's whole state with run ``run``'s part replaced by ``saved``."""
+        current = self.method.state_dict()
+        if set(saved) != set(current):
+            raise ValueError(f"method state names {sorted(saved)}, expected {sorted(current)}")
+        out = {}
+        for name, tensor in current.items():
+            part = torch.as_tensor(saved[name]).to(device=tensor.device, dtype=tensor.dtype)
+            if tuple(part.shape) != tuple(tensor.shape[1:]):
+                raise ValueError(f"method state {name} has shape {tuple(part.shape)}, "
+                                 f"expected {tuple(tensor.shape[1:])}")
+            tensor = tensor.clone()
+            tensor[run] = part
+            out[name] = tensor
+        return out
+
+    def batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every training environment's batch of this step: (x (R, n, ...), y (R, n))."""
+        rows = [sampler.rows(step) for sampler in self.samplers]  # [run][env]
+        return [self.data.batch(env, [rows[r][i] for r in range(self.runs)])
+                for i, env in enumerate(self.train_envs)]
+
+    def step(self) -> list[int]:
+        """One update of every active run; returns the runs that diverged at this step (their
+        loss became NaN or infinite: they stop, with the reason in ``failures``)."""
         step = self.steps_done
-        objective = self.method.objective(self.model, self.sampler.batches(step), step)
-        loss = objective.risk
-        l2 = self.hparams["l2"]
-        if l2:
-            loss = loss + l2 * sum(p.pow(2).sum() for p in self.model.parameters())
-        if objective.penalty is not None:
-            loss = loss + objective.penalty_weight * objective.penalty
-        loss = loss / objective.divide_by
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()} at step {step}")
-        if self._reset_step is not None and step == self._reset_step:
-            self.optimizer = make_optimizer(self.model, self.hparams)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self._accumulate(objective, loss)
+        result = train_step(self.model, self.method, self.optimizer, self.batches(step), step, self.l2, self.active)
+        diverged = [r for r in range(self.runs) if bool(result.diverged[r])]
+        for r in diverged:
+            self.failures[r] = f"the loss became {float(result.loss[r])} at step {step}"
+        if diverged:
+            self.active = self.active & ~result.diverged
+        self._accumulate(result)
         self.steps_done += 1
+        return diverged
 
-    def evaluate(self) -> dict[str, Any]:
-        """The record of the current step; starts a new training window."""
-        record: dict[str, Any] = {"step": self.steps_done, "envs": evaluate(self.model, self.dataset)}
-        if self._window_steps:
-            record["train"] = {k: v / self._window_steps for k, v in self._window.items()}
-        if self.dataset.extra_metrics is not None:
-            record["extra"] = self.dataset.extra_metrics(self.model)
+    def evaluate(self) -> list[dict[str, Any] | None]:
+        """The records of the current step, one per run (None for a run that stopped);
+        starts a new training window."""
+        envs = evaluate(self.model, self.data, self.dataset.task)
+        window = {k: (v / self._window_steps).tolist() for k, v in self._window.items()} if self._window_steps else {}
+        records: list[dict[str, Any] | None] = []
+        for r in range(self.runs):
+            if not self.is_active(r):
+                records.append(None)
+                continue
+            record: dict[str, Any] = {"step": self.steps_done, "envs": envs[r]}
+            if window:
+                record["train"] = {k: v[r] for k, v in window.items()}
+            extra = self.datasets[r].extra_metrics
+            if extra is not None:
+                record["extra"] = extra(self.model.single(r))
+            records.append(record)
         self._window, self._window_steps = {}, 0
         self._evaluated_at = self.steps_done
-        return record
+        return records
 
-    def checkpoint_bytes(self) -> bytes:
-        """Everything ``resume`` needs, at the current step (taken right after its record)."""
+    def checkpoint_bytes(self, run: int = 0) -> bytes:
+        """Everything ``resume`` needs for run ``run``, at the current step (taken right after
+        its record)."""
         buffer = io.BytesIO()
+        method_state = {name: tensor[run].detach().cpu().clone() for name, tensor in self.method.state_dict().items()}
         torch.save({
-            "run_id": self.spec.run_id, "step": self.steps_done, "elapsed": self.elapsed(),
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "method": self.method.state_dict(), "rng": torch.get_rng_state(),
+            "format": CHECKPOINT_FORMAT, "run_id": self.specs[run].run_id, "step": self.steps_done,
+            "elapsed": self.elapsed(run), "model": {k: v.cpu() for k, v in self.model.run_state_dict(run).items()},
+            "optimizer": _to_cpu(self.optimizer.run_state_dict(run)), "method": method_state,
         }, buffer)
         return buffer.getvalue()
 
-    def finish(self) -> dict[str, Any]:
-        """The training's part of the done record."""
-        return {"steps": self.spec.steps, "wall_time": self.elapsed(), "device": str(self.device),
-                "torch": torch.__version__, "source": self.dataset.source}
+    def finish(self, run: int = 0) -> dict[str, Any]:
+        """Run ``run``'s part of the done record."""
+        return {"steps": self.spec.steps, "wall_time": self.elapsed(run), "device": str(self.device),
+                "torch": torch.__version__, "source": self.datasets[run].source}
 
-    def _accumulate(self, objective: Any, loss: torch.Tensor) -> None:
-        values = {"loss": loss.item(), "risk": objective.risk.item(), "penalty_weight": objective.penalty_weight}
+    def _accumulate(self, result: StepResult) -> None:
+        """Add this step's per-run values to the training window (on the device: no sync)."""
+        objective = result.objective
+        values: dict[str, Any] = {"loss": result.loss, "risk": objective.risk.detach(),
+                                  "penalty_weight": objective.penalty_weight}
         if objective.penalty is not None:
-            values["penalty"] = objective.penalty.item()
+            values["penalty"] = objective.penalty.detach()
         if objective.env_losses is not None:
-            for i, value in enumerate(objective.env_losses.tolist()):
-                values[f"env{i}_loss"] = value
+            for i in range(objective.env_losses.shape[0]):
+                values[f"env{i}_loss"] = objective.env_losses[i].detach()
         values.update(objective.logs)
         for key, value in values.items():
-            self._window[key] = self._window.get(key, 0.0) + float(value)
+            value = torch.as_tensor(value, device=self.device).detach().to(torch.float64).expand(self.runs)
+            self._window[key] = self._window[key] + value if key in self._window else value.clone()
         self._window_steps += 1
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    return value

@@ -9,12 +9,11 @@ at the anneal step instead, so that moment estimates gathered under the small we
 drive the first steps under the large one. Both remedies are options here.
 
 The schedule is a pure function of the step, so a resumed run follows it exactly without
-any saved state.
+any saved state. Each run of a pack has its own weight and anneal step (per-run tensors).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -42,30 +41,37 @@ DOMAINBED_WEIGHT_SEARCH = LogUniform(-1, 5)
 DOMAINBED_ANNEAL_SEARCH = LogUniform(0, 4, integer=True)
 
 
-@dataclass(frozen=True)
 class PenaltySchedule:
-    penalty_weight: float
-    anneal_iters: int
-    scale_loss: bool
-    reset_optimizer: bool
+    """The schedule of every run of a pack: weights, anneal steps and divisors per run."""
 
-    @classmethod
-    def from_hparams(cls, hp: Mapping[str, Any]) -> "PenaltySchedule":
-        return cls(float(hp["penalty_weight"]), int(hp["anneal_iters"]), bool(hp["scale_loss"]),
-                   bool(hp["reset_optimizer"]))
+    def __init__(self, hp: Any, device: torch.device | None = None):
+        """``hp``: the method's RunHParams (scale_loss and reset_optimizer shared by the pack)."""
+        values = hp.values
+        device = device or torch.device("cpu")
+        self.penalty_weight = torch.tensor([float(v) for v in values("penalty_weight")], device=device)
+        self.anneal_iters = torch.tensor([int(v) for v in values("anneal_iters")], device=device)
+        self.scale_loss = bool(hp["scale_loss"])
+        self.reset_optimizer = bool(hp["reset_optimizer"])
 
-    def weight(self, step: int) -> float:
-        """1.0 before anneal_iters updates (the codes' "not 0"), the configured weight after."""
-        return self.penalty_weight if step >= self.anneal_iters else 1.0
+    def to(self, device: torch.device) -> "PenaltySchedule":
+        self.penalty_weight, self.anneal_iters = self.penalty_weight.to(device), self.anneal_iters.to(device)
+        return self
 
-    def divide_by(self, step: int) -> float:
-        """What the whole loss is divided by: the weight when scale_loss and it exceeds 1."""
+    def weight(self, step: int) -> torch.Tensor:
+        """(R,): 1.0 before a run's anneal_iters updates (the codes' "not 0"), its weight after."""
+        return torch.where(self.anneal_iters <= step, self.penalty_weight, torch.ones_like(self.penalty_weight))
+
+    def divide_by(self, step: int) -> torch.Tensor:
+        """(R,): what each run's whole loss is divided by: its weight when scale_loss and it exceeds 1."""
         weight = self.weight(step)
-        return weight if self.scale_loss and weight > 1.0 else 1.0
+        if not self.scale_loss:
+            return torch.ones_like(weight)
+        return torch.where(weight > 1.0, weight, torch.ones_like(weight))
 
-    def reset_step(self) -> int | None:
-        """The step at which the runner re-creates the optimizer (DomainBed), or None."""
-        return self.anneal_iters if self.reset_optimizer else None
+    def reset_mask(self, step: int) -> torch.Tensor | None:
+        """(R,) bool: the runs that re-create their optimizer at this step (DomainBed), or
+        None when the pack does not reset."""
+        return (self.anneal_iters == step) if self.reset_optimizer else None
 
 
 def check_schedule(hparams: Mapping[str, Any], steps: int) -> list[str]:
@@ -86,13 +92,18 @@ class ScheduledPenaltyMethod(Method):
 
     def __init__(self, hparams, n_envs, task, env_sizes=None):
         super().__init__(hparams, n_envs, task, env_sizes)
-        self.schedule = PenaltySchedule.from_hparams(self.hp)
+        self.schedule = PenaltySchedule(self.hp)
+
+    def to(self, device: torch.device) -> "ScheduledPenaltyMethod":
+        super().to(device)
+        self.schedule.to(device)
+        return self
 
     def scheduled(self, risk: torch.Tensor, penalty: torch.Tensor, step: int, env_losses: torch.Tensor,
-                  logs: dict[str, float] | None = None) -> Objective:
-        """The step's objective with the schedule's weight and divisor."""
+                  logs: dict[str, torch.Tensor] | None = None) -> Objective:
+        """The step's objective with the schedule's per-run weights and divisors."""
         return Objective(risk=risk, penalty=penalty, penalty_weight=self.schedule.weight(step),
                          divide_by=self.schedule.divide_by(step), env_losses=env_losses, logs=logs or {})
 
-    def optimizer_reset_step(self) -> int | None:
-        return self.schedule.reset_step()
+    def optimizer_reset_mask(self, step: int) -> torch.Tensor | None:
+        return self.schedule.reset_mask(step)

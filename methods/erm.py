@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from torch import nn
-
 from invbench.method import Batch, Method, Objective
+from invbench.packed import PackedModel
 from invbench.registry import METHODS
 
 
@@ -23,6 +22,6 @@ class ERM(Method):
 
     hparams = {}
 
-    def objective(self, model: nn.Module, batches: Sequence[Batch], step: int) -> Objective:
-        losses = self.env_losses(self.env_logits(model, batches), batches)
-        return Objective(risk=losses.mean(), env_losses=losses)
+    def objective(self, model: PackedModel, batches: Sequence[Batch], step: int) -> Objective:
+        losses = self.env_losses(self.env_logits(model, batches), batches)  # (E, R)
+        return Objective(risk=losses.mean(dim=0), env_losses=losses)

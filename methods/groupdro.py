@@ -6,11 +6,10 @@ import math
 from typing import Any, Mapping, Sequence
 
 import torch
-from torch import nn
-
 from invbench.errors import ConfigError
 from invbench.hparams import HParam, LogUniform
 from invbench.method import Batch, Method, Objective
+from invbench.packed import PackedModel
 from invbench.registry import METHODS
 
 
@@ -41,30 +40,33 @@ class GroupDRO(Method):
 
     def __init__(self, hparams, n_envs, task, env_sizes=None):
         super().__init__(hparams, n_envs, task, env_sizes)
-        if self.hp["adjustment"] and self.env_sizes is None:
+        if any(self.hp.values("adjustment")) and self.env_sizes is None:
             raise ConfigError("groupdro: adjustment > 0 needs the training environments' sizes; "
                               "this caller did not pass env_sizes (use adjustment=0)")
         if self.env_sizes is not None and len(self.env_sizes) != n_envs:
             raise ConfigError(f"groupdro: got {len(self.env_sizes)} environment sizes for {n_envs} environments")
-        # float64: q_e is multiplied every step and must not underflow to an absorbing 0.
-        self.q = torch.full((n_envs,), 1.0 / n_envs, dtype=torch.float64)
-        sizes = self.env_sizes or [1] * n_envs
-        self.adjust = torch.tensor([self.hp["adjustment"] / math.sqrt(n) for n in sizes], dtype=torch.float64)
+        # (R, E), float64: q_e is multiplied every step and must not underflow to an absorbing 0.
+        self.q = torch.full((self.runs, n_envs), 1.0 / n_envs, dtype=torch.float64)
+        self.eta = self.per_run("eta", torch.float64)
+        inverse_sqrt = torch.tensor([1.0 / math.sqrt(n) for n in (self.env_sizes or [1] * n_envs)],
+                                    dtype=torch.float64)
+        self.adjust = self.per_run("adjustment", torch.float64)[:, None] * inverse_sqrt  # (R, E)
 
-    def objective(self, model: nn.Module, batches: Sequence[Batch], step: int) -> Objective:
-        losses = self.env_losses(self.env_logits(model, batches), batches)
+    def objective(self, model: PackedModel, batches: Sequence[Batch], step: int) -> Objective:
+        losses = self.env_losses(self.env_logits(model, batches), batches)  # (E, R)
         self.update_weights(losses.detach())
-        risk = (self.q.to(losses.dtype) * losses).sum()
-        logs = {f"q{e}": float(value) for e, value in enumerate(self.q.tolist())}
+        risk = (self.q.t().to(losses.dtype) * losses).sum(dim=0)
+        logs = {f"q{e}": self.q[:, e] for e in range(self.n_envs)}
         return Objective(risk=risk, env_losses=losses, logs=logs)
 
     def update_weights(self, losses: torch.Tensor) -> None:
-        """One exponentiated-gradient step on the simplex (Algorithm 1, line 6)."""
-        q = self.q * torch.exp(self.hp["eta"] * (losses.to(self.q) + self.adjust))
-        self.q = q / q.sum()
+        """One exponentiated-gradient step on the simplex (Algorithm 1, line 6), every run
+        with its own eta; ``losses`` is (E, R)."""
+        q = self.q * torch.exp(self.eta[:, None] * (losses.t().to(self.q) + self.adjust))
+        self.q = q / q.sum(dim=1, keepdim=True)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"q": self.q.detach().cpu().clone()}
+        return {"q": self.q.detach().clone()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         q = torch.as_tensor(state["q"], dtype=torch.float64)
@@ -73,5 +75,6 @@ class GroupDRO(Method):
         self.q = q.to(self.q.device)
 
     def to(self, device: torch.device) -> "GroupDRO":
-        self.q, self.adjust = self.q.to(device), self.adjust.to(device)
+        super().to(device)
+        self.q, self.eta, self.adjust = self.q.to(device), self.eta.to(device), self.adjust.to(device)
         return self

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import autograd, nn
+from torch import autograd
 
 from invbench.errors import ConfigError
 from invbench.hparams import HParam
 from invbench.method import Batch, Objective
+from invbench.packed import PackedModel
 from invbench.registry import METHODS
 from invbench.methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, ScheduledPenaltyMethod,
                               schedule_hparams)
@@ -51,24 +52,26 @@ class IRM(ScheduledPenaltyMethod):
         super().__init__(hparams, n_envs, task, env_sizes)
         self.estimator = self.hp["estimator"]
 
-    def objective(self, model: nn.Module, batches: Sequence[Batch], step: int) -> Objective:
+    def objective(self, model: PackedModel, batches: Sequence[Batch], step: int) -> Objective:
         logits = self.env_logits(model, batches)
-        losses = self.env_losses(logits, batches)
-        penalty = torch.stack([self.penalty(out, y) for out, (_, y) in zip(logits, batches)]).mean()
-        return self.scheduled(losses.mean(), penalty, step, losses)
+        losses = self.env_losses(logits, batches)  # (E, R)
+        penalty = torch.stack([self.penalty(out, y) for out, (_, y) in zip(logits, batches)]).mean(dim=0)
+        return self.scheduled(losses.mean(dim=0), penalty, step, losses)
 
     def penalty(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One environment's IRMv1 penalty with the configured estimator."""
+        """(R,): one environment's IRMv1 penalty of every run, with the configured estimator."""
         if self.estimator == "full_batch":
             return self._scale_gradient(logits, y).pow(2)
-        if len(y) < 2:
+        if y.shape[1] < 2:
             raise ConfigError(
                 f"irm: the unbiased estimator splits each environment's batch in two halves but a batch "
-                f"has {len(y)} example; use batch_size >= 2 (or 0 for full batch) or estimator=full_batch")
-        return self._scale_gradient(logits[0::2], y[0::2]) * self._scale_gradient(logits[1::2], y[1::2])
+                f"has {y.shape[1]} example; use batch_size >= 2 (or 0 for full batch) or estimator=full_batch")
+        return (self._scale_gradient(logits[:, 0::2], y[:, 0::2])
+                * self._scale_gradient(logits[:, 1::2], y[:, 1::2]))
 
     def _scale_gradient(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """d R(s * logits) / d s at s = 1, kept in the graph so the penalty can be minimised."""
-        scale = torch.ones((), device=logits.device, dtype=logits.dtype, requires_grad=True)
-        loss = self.task.loss(logits * scale, y)
-        return autograd.grad(loss, [scale], create_graph=True)[0]
+        """(R,): d R(s * logits) / d s at s = 1 for each run, kept in the graph so the penalty
+        can be minimised. One scale per run: the gradient of the sum over runs is each run's own."""
+        scale = torch.ones(logits.shape[0], device=logits.device, dtype=logits.dtype, requires_grad=True)
+        losses = self.task.run_losses(logits * scale.reshape(-1, *([1] * (logits.dim() - 1))), y)
+        return autograd.grad(losses.sum(), [scale], create_graph=True)[0]

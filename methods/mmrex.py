@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from torch import nn
-
 from invbench.method import Batch, Objective
+from invbench.packed import PackedModel
 from invbench.registry import METHODS
 from invbench.methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, ScheduledPenaltyMethod,
                               schedule_hparams)
@@ -36,9 +35,9 @@ class MMREx(ScheduledPenaltyMethod):
                                anneal_search=DOMAINBED_ANNEAL_SEARCH, scale_loss=False, reset_optimizer=True,
                                what="excess worst-case risk max_e R_e - mean R (w = 1 - E * lambda_min)")
 
-    def objective(self, model: nn.Module, batches: Sequence[Batch], step: int) -> Objective:
-        losses = self.env_losses(self.env_logits(model, batches), batches)
-        mean = losses.mean()
+    def objective(self, model: PackedModel, batches: Sequence[Batch], step: int) -> Objective:
+        losses = self.env_losses(self.env_logits(model, batches), batches)  # (E, R)
+        mean = losses.mean(dim=0)
         weight = self.schedule.weight(step)
-        return self.scheduled(mean, losses.max() - mean, step, losses,
+        return self.scheduled(mean, losses.max(dim=0).values - mean, step, losses,
                               logs={"lambda_min": (1.0 - weight) / self.n_envs})

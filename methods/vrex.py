@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from torch import nn
-
 from invbench.hparams import HParam
 from invbench.method import Batch, Objective
+from invbench.packed import PackedModel
 from invbench.registry import METHODS
 from invbench.methods._penalty import (DOMAINBED_ANNEAL_SEARCH, DOMAINBED_WEIGHT_SEARCH, ScheduledPenaltyMethod,
                               schedule_hparams)
@@ -44,9 +43,10 @@ class VREx(ScheduledPenaltyMethod):
         "risk_reduction": HParam("mean", choices=("mean", "sum"),
                                  help="mean of the environment risks (DomainBed) or their sum (REx code)"),
     }
-    def objective(self, model: nn.Module, batches: Sequence[Batch], step: int) -> Objective:
-        losses = self.env_losses(self.env_logits(model, batches), batches)
-        risk = losses.sum() if self.hp["risk_reduction"] == "sum" else losses.mean()
+    def objective(self, model: PackedModel, batches: Sequence[Batch], step: int) -> Objective:
+        losses = self.env_losses(self.env_logits(model, batches), batches)  # (E, R)
+        mean = losses.mean(dim=0)
+        risk = losses.sum(dim=0) if self.hp["risk_reduction"] == "sum" else mean
         # Population variance: torch's var() would divide by E - 1.
-        penalty = (losses - losses.mean()).pow(2).mean()
+        penalty = (losses - mean).pow(2).mean(dim=0)
         return self.scheduled(risk, penalty, step, losses)
