@@ -145,11 +145,12 @@ def test_environment_smaller_than_batch_is_a_clear_error(tmp_path):
 
 def test_minibatches_cover_each_epoch_once_and_depend_only_on_the_step():
     dataset = build_dataset(small_spec())
-    sampler = MinibatchSampler(dataset, [0, 1], batch_size=50, seed=1)
-    seen = torch.cat([sampler.batches(step)[0][1] for step in range(4)])
-    assert sorted(seen.tolist()) == sorted(dataset.envs[0].splits[TRAIN][1].tolist())
-    again = MinibatchSampler(dataset, [0, 1], batch_size=50, seed=1)
-    assert torch.equal(again.batches(6)[1][0], sampler.batches(6)[1][0])
+    sizes = [dataset.envs[i].size(TRAIN) for i in (0, 1)]
+    sampler = MinibatchSampler(sizes, batch_size=50, seed=1)
+    seen = torch.cat([sampler.rows(step)[0] for step in range(sizes[0] // 50)])
+    assert sorted(seen.tolist()) == list(range(sizes[0]))
+    again = MinibatchSampler(sizes, batch_size=50, seed=1)
+    assert torch.equal(again.rows(6)[1], sampler.rows(6)[1])
 
 
 def test_unknown_device_is_rejected_with_the_same_message_before_and_in_a_run():

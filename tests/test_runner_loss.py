@@ -18,16 +18,37 @@ from invbench.spec import make_spec
 L2, WEIGHT, LR = 0.1, 50.0, 0.01
 
 
-class Recording(torch.optim.SGD):
-    """Plain SGD that records, before each update, the parameters and their gradients."""
+class Recording:
+    """Plain SGD in the packed optimizer's interface that records, before each update, the
+    parameters and their gradients (run 0 of the pack), and the resets it was asked for."""
 
     log: list = []
+    resets: list = []
 
-    def step(self, closure=None):
-        params = [p for group in self.param_groups for p in group["params"]]
-        Recording.log.append(([p.detach().double().clone() for p in params],
-                              [p.grad.detach().double().clone() for p in params]))
-        return super().step(closure)
+    def __init__(self, params, lr, weight_decay):
+        self.params = dict(params)
+        if not Recording.log:  # a non-zero bias, so that leaving it out of the l2 term shows
+            with torch.no_grad():
+                self.params["linear.bias"].fill_(0.7)
+
+    def zero_grad(self):
+        for p in self.params.values():
+            p.grad = None
+
+    def reset(self, runs):
+        if bool(runs.any()):
+            Recording.resets.append(len(Recording.log))  # the number of updates made before it
+
+    @torch.no_grad()
+    def step(self, active):
+        params = list(self.params.values())
+        Recording.log.append(([p[0].detach().double().clone() for p in params],
+                              [p.grad[0].detach().double().clone() for p in params]))
+        for p in params:
+            p -= LR * p.grad
+
+    def run_state_dict(self, run):  # what the checkpoint of run ``run`` holds
+        return {}
 
 
 def expected_gradient(weight, bias, envs, l2, penalty_weight, divide_by):
@@ -50,17 +71,9 @@ def expected_gradient(weight, bias, envs, l2, penalty_weight, divide_by):
 
 @pytest.mark.parametrize("scale_loss", [True, False])
 def test_step_gradients_follow_the_irm_codes_loss(tmp_path, monkeypatch, scale_loss):
-    calls = []
-
-    def make_optimizer(model, hparams):
-        if not calls:  # a non-zero bias, so that leaving it out of the l2 term shows
-            with torch.no_grad():
-                model.linear.bias.fill_(0.7)
-        calls.append(len(Recording.log))  # the number of updates made before this optimizer
-        return Recording(model.parameters(), lr=LR)
-
     monkeypatch.setattr(Recording, "log", [])
-    monkeypatch.setattr(trainer, "make_optimizer", make_optimizer)
+    monkeypatch.setattr(Recording, "resets", [])
+    monkeypatch.setattr(trainer, "PackedAdam", Recording)
     spec = make_spec("linear_sem", "irm", dataset_options={"n_per_env": 50}, steps=3, eval_every=3,
                      model="linear", device="cpu",
                      overrides={"l2": L2, "estimator": "full_batch", "anneal_iters": 1, "penalty_weight": WEIGHT,
@@ -69,7 +82,7 @@ def test_step_gradients_follow_the_irm_codes_loss(tmp_path, monkeypatch, scale_l
     dataset = build_dataset(spec)
     envs = [tuple(t.double().numpy() for t in dataset.envs[i].splits[TRAIN]) for i in (0, 1)]
     assert len(Recording.log) == 3
-    assert calls == [0, 1]  # created, then re-created at the anneal step (DomainBed)
+    assert Recording.resets == [1]  # reset at the anneal step (DomainBed re-creates the optimizer)
     for step, (params, grads) in enumerate(Recording.log):
         weight, bias = (p.numpy() for p in params)
         penalty_weight = 1.0 if step < 1 else WEIGHT  # 1.0 (not 0) before the anneal step

@@ -30,7 +30,7 @@ def drive(trainer, until=None):
     lines = []
     while True:
         if trainer.evaluation_due:
-            lines.append(line(trainer.evaluate()))
+            lines.append(line(trainer.evaluate()[0]))
         if trainer.finished or trainer.steps_done == until:
             return lines
         trainer.step()
