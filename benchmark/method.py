@@ -213,5 +213,10 @@ def compose_loss(objective: Objective, model: Any, l2: torch.Tensor) -> torch.Te
         squares = sum(p.pow(2).flatten(1).sum(1) for p in model.packed_parameters().values())
         loss = loss + l2.to(loss.dtype) * squares
     if objective.penalty is not None:
-        loss = loss + objective.penalty_weight * objective.penalty
-    return loss / objective.divide_by
+        loss = loss + _in_dtype(objective.penalty_weight, loss) * objective.penalty
+    return loss / _in_dtype(objective.divide_by, loss)
+
+
+def _in_dtype(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | float:
+    """A per-run weight kept in float64 (for the logs), used in the loss's own dtype."""
+    return value.to(like.dtype) if isinstance(value, torch.Tensor) else value

@@ -29,21 +29,23 @@ def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """x (R, n, in) times weight (R, out, in)^T plus bias (R, out): (R, n, out).
 
     A batched product whose every run is one small matrix product of the same shape
-    whatever R is. With a single output column BLAS would switch to a matrix-vector kernel
-    (whose sums round differently from the matrix-matrix kernel that R > 1 may get), so a
-    zero column is added: every run then goes through the same kernel alone or in a pack.
+    whatever R is, so a run's result does not depend on its pack-mates. With one output
+    BLAS would switch to a matrix-vector kernel (whose sums round differently from the
+    matrix-matrix kernel), so a zero row is added to the weight; a narrow layer (a linear
+    model's, a classifier's) is computed as weight @ x^T, the shape batched BLAS runs fastest.
     """
     out_features = weight.shape[1]
-    weight_t = weight.transpose(1, 2)
-    if out_features < 2:
-        weight_t = torch.cat([weight_t, weight_t.new_zeros(weight_t.shape[0], weight_t.shape[1], 2 - out_features)], 2)
-    if bias is None:
-        out = torch.bmm(x, weight_t)
-    else:
+    if out_features < NARROW:
         if out_features < 2:
-            bias = torch.cat([bias, bias.new_zeros(bias.shape[0], 2 - out_features)], 1)
-        out = torch.baddbmm(bias.unsqueeze(1), x, weight_t)
-    return out[..., :out_features] if out_features < 2 else out
+            weight = torch.cat([weight, weight.new_zeros(weight.shape[0], 2 - out_features, weight.shape[2])], 1)
+        out = torch.bmm(weight, x.transpose(1, 2))[:, :out_features].transpose(1, 2)
+        return out if bias is None else out + bias.unsqueeze(1)
+    if bias is None:
+        return torch.bmm(x, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+NARROW = 8  # fewer outputs than this: the weight @ x^T form (a choice by shape, never by R)
 
 
 class PackedModel(nn.Module):

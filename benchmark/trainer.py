@@ -306,7 +306,7 @@ class Trainer:
         loss became NaN or infinite: they stop, with the reason in ``failures``)."""
         step = self.steps_done
         result = train_step(self.model, self.method, self.optimizer, self.batches(step), step, self.l2, self.active)
-        diverged = [r for r in range(self.runs) if bool(result.diverged[r])]
+        diverged = result.diverged.nonzero().flatten().tolist() if bool(result.diverged.any()) else []
         for r in diverged:
             self.failures[r] = f"the loss became {float(result.loss[r])} at step {step}"
         if diverged:

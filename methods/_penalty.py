@@ -48,7 +48,10 @@ class PenaltySchedule:
         """``hp``: the method's RunHParams (scale_loss and reset_optimizer shared by the pack)."""
         values = hp.values
         device = device or torch.device("cpu")
-        self.penalty_weight = torch.tensor([float(v) for v in values("penalty_weight")], device=device)
+        # float64: the configured weight exactly (91257.18613115903 is logged as such); the
+        # loss uses it in its own dtype (invbench.method.compose_loss)
+        self.penalty_weight = torch.tensor([float(v) for v in values("penalty_weight")], dtype=torch.float64,
+                                           device=device)
         self.anneal_iters = torch.tensor([int(v) for v in values("anneal_iters")], device=device)
         self.scale_loss = bool(hp["scale_loss"])
         self.reset_optimizer = bool(hp["reset_optimizer"])
