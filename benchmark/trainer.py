@@ -233,3 +233,18 @@ class Trainer:
         for key, value in values.items():
             self._window[key] = self._window.get(key, 0.0) + float(value)
         self._window_steps += 1
+
+
+# TEMPORARY: replaced by the lead
+def seconds_per_pack_step(specs: Sequence[RunSpec], steps: int = 3) -> float:
+    """Mean wall seconds of one training step of the pack ``specs`` (after one warm-up
+    step), on the specs' device with the current torch thread setting. Until packs train as
+    one computation, a pack's step is one step of each of its runs."""
+    trainers = [Trainer(spec) for spec in specs]
+    for trainer in trainers:
+        trainer.step()  # warm-up: first-call allocations and lazy initialisation
+    start = time.perf_counter()
+    for _ in range(steps):
+        for trainer in trainers:
+            trainer.step()
+    return (time.perf_counter() - start) / steps
