@@ -93,6 +93,8 @@ def make_packs(specs: Sequence[RunSpec], pack_size: int | str, workers: int = 1,
     ``memory_per_worker`` gives the memory one worker may use on a device (None: what is
     available on this machine, split over ``workers``)."""
     pack_size = check_pack_size(pack_size)
+    if pack_size == 1:  # today's engine: every run alone, in the order given
+        return [[spec] for spec in specs]
     groups: dict[Hashable, list[RunSpec]] = {}
     for spec in specs:
         groups.setdefault(pack_key(spec), []).append(spec)
