@@ -22,16 +22,21 @@ def spec(method="erm", trial=0, steps=1000):
 
 
 class FakeTiming:
-    """seconds_per_pack_step's stand-in: ``per_run`` seconds per run per step; records its calls."""
+    """seconds_per_pack_step's stand-in: ``per_run`` seconds per run per step (``probe`` for
+    a probe's step when given); records its calls and advances ``clock`` by what the call
+    would take (a warm-up step and ``steps`` steps)."""
 
     def __init__(self, per_run=0.01, probe=None):
-        self.per_run, self.probe, self.calls = per_run, probe, []
+        self.per_run, self.probe, self.calls, self.now = per_run, probe, [], 0.0
 
     def __call__(self, specs, steps=STEPS_TIMED):
         self.calls.append((specs[0].method, len(specs), steps))
-        if steps == 1 and self.probe is not None:
-            return self.probe
-        return self.per_run * len(specs)
+        step = self.probe if steps == 1 and self.probe is not None else self.per_run * len(specs)
+        self.now += (1 + steps) * step
+        return step
+
+    def clock(self):
+        return self.now
 
 
 def test_durations_read_as_words():
@@ -68,8 +73,8 @@ def test_the_line_says_runs_packs_workers_threads_time_and_what_was_timed():
 
 def test_a_kind_too_slow_to_time_in_full_is_its_runs_steps_from_one_probe():
     packs = [[spec(trial=t) for t in range(4)]]
-    timing = FakeTiming(probe=2.5)  # one run's step: 2.5 s; a full timing would take 4 x 4 x 2.5 s
-    found = estimate(packs, workers=1, threads=1, time_pack=timing)
+    timing = FakeTiming(probe=2.5)  # the probe takes 5 s; timing the pack of 4 would take about 40 s
+    found = estimate(packs, workers=1, threads=1, time_pack=timing, clock=timing.clock)
     assert timing.calls == [("erm", 1, 1)]
     assert found.seconds == pytest.approx(1000 * 4 * 2.5)
     assert found.extrapolated == 1
@@ -80,16 +85,19 @@ def test_once_the_budget_is_spent_the_other_kinds_take_the_timed_kinds_mean_per_
     now = [0.0]
 
     def timing(specs, steps=STEPS_TIMED):
-        now[0] += 3.0  # each call takes 3 s of the 5 s budget
+        now[0] += 0.5 if steps == 1 else 4.0  # a probe takes 0.5 s, a pack's timing 4 s of the 5 s budget
         return {"erm": 0.01, "vrex": 0.03}[specs[0].method] * len(specs)
 
     packs = [[spec(trial=t) for t in range(2)], [spec("vrex", trial=t) for t in range(2)],
              [spec("irm", trial=t) for t in range(2)]]
     found = estimate(packs, workers=1, threads=1, time_pack=timing, clock=lambda: now[0])
-    # erm is timed (probe, then the pack: 6 s); vrex and irm are not: the mean of erm's 0.01 s per run-step
-    assert (found.timed, found.untimed) == (1, 2)
-    assert found.seconds == pytest.approx(3 * 1000 * 2 * 0.01)
-    assert "2 not timed" in found.line()
+    # erm: probed (0.5 s), then timed (4 s); vrex: probed, but 0.5 s left: its pack's step is 2 x its
+    # run's 0.03 s; irm: not timed, at the mean 0.02 s per run-step of the others
+    assert (found.timed, found.extrapolated, found.untimed) == (1, 1, 1)
+    assert found.seconds == pytest.approx(1000 * (2 * 0.01 + 2 * 0.03 + 2 * 0.02))
+    assert found.line().endswith("(timed 3 steps of 1 of 3 pack kinds on this machine; 1 from one run's step, as "
+                                 "timing them would be long; 1 not timed, taken to cost the others' mean per "
+                                 "run-step)")
 
 
 def test_a_tiny_launch_is_not_timed():

@@ -12,11 +12,12 @@ task too (timed here, on the launching machine, not on a compute node).
 Rules that keep the measuring cheap:
 - tiny launches are not timed (no line): when the launch holds fewer than ``TINY_FACTOR``
   times the pack steps that timing would run, measuring costs more than it tells;
-- each kind is first probed: one warm-up step and one step of a single run. When timing the
-  whole pack (a warm-up and ``STEPS_TIMED`` steps, at most its runs' steps each) could
-  overrun what is left of ``BUDGET_S``, the pack's step is taken as its runs' steps
-  (the probe x the pack's runs, an upper bound) instead: an image model whose steps take
-  seconds is never timed at length;
+- each kind is first probed: one run's setup, one warm-up step and one step. Timing the
+  whole pack costs at most its runs' setups and 1 + ``STEPS_TIMED`` steps each, under
+  twice the probe's wall time per run; when that could overrun what is left of
+  ``BUDGET_S``, the pack's step is taken as its runs' steps (the probe's step x the pack's
+  runs, an upper bound) instead: an image model whose steps take seconds, or a pack whose
+  setup is long, is never timed at length;
 - once ``BUDGET_S`` is spent, the kinds left are not timed: they are taken to cost the
   mean seconds per run-step of the kinds timed, and the line says so;
 - a kind whose timing fails (a run that diverges at once) counts as not timed.
@@ -129,8 +130,11 @@ def estimate(packs: Sequence[Sequence[Any]], *, workers: int, threads: int,
         if left <= 0:
             continue
         try:
+            probe_started = clock()
             probe = time_pack(list(pack[:1]), steps=1)
-            if probe * len(pack) * (1 + STEPS_TIMED) > budget_s - (clock() - started):
+            # timing the pack costs at most its runs' setups and 1 + STEPS_TIMED steps each:
+            # under twice the probe's setup and 2 steps, per run
+            if 2 * len(pack) * (clock() - probe_started) > budget_s - (clock() - started):
                 step_time[key] = probe * len(pack)
                 extrapolated += 1
             else:
