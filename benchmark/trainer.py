@@ -376,3 +376,15 @@ def _to_cpu(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_cpu(v) for k, v in value.items()}
     return value
+
+
+def seconds_per_pack_step(specs: Sequence[RunSpec], steps: int = 3) -> float:
+    """Mean wall seconds of one training step of the pack ``specs`` (after one warm-up
+    step), on the specs' device with the current torch thread setting: what `sweep launch`
+    extrapolates its estimate from."""
+    trainer = Trainer(list(specs))
+    trainer.step()  # warm-up: first-call allocations and lazy initialisation
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.step()
+    return (time.perf_counter() - start) / steps

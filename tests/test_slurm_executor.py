@@ -144,3 +144,36 @@ def test_preempted_run_is_requeued_and_resumes_at_its_saved_step(slurm_cluster, 
     jobs = subprocess.run(["sacct", "-n", "-X", "-o", "JobID", "-j", job_id.split("_")[0]], capture_output=True,
                           text=True).stdout.split()
     assert jobs == [job_id]
+
+
+def test_a_preempted_task_holding_a_pack_is_requeued_and_each_run_finishes_exactly_once(slurm_cluster, tmp_path,
+                                                                                        blocking_method):
+    import submitit
+
+    from invbench.sweep.schema import apply_overrides
+
+    steps, every = 40, 10
+    path = write(tmp_path, "pack.toml", out="pack", methods=(blocking_method.name,), trials=2, steps=steps,
+                 eval_every=every, executor="slurm")
+    config = apply_overrides(load_sweep(path), pack_size=2)
+    specs = expand(config)
+    assert launcher.launch(config, stream=io.StringIO()) == 0
+    (job_id,) = {launch["job_id"] for launch in launches(config).values()}  # one task: the pack
+    blocking_method.wait(1)  # mid-pack
+    preempt(job_id, config.out_root / ".submitit" / f"{job_id}_0_log.err")
+    job = submitit.SlurmJob(folder=config.out_root / ".submitit", job_id=job_id)
+    deadline = time.monotonic() + 120
+    while job.get_info(mode="force").get("State", "").split()[0] not in ("PENDING", "REQUEUED"):
+        assert time.monotonic() < deadline, "not requeued"
+        time.sleep(0.2)
+    blocking_method.release()  # the requeued task trains the pack to the end
+    wait_for(config, {DONE_STATE, FAILED}, timeout=150)
+    for spec in specs:
+        run_dir = config.out_root / spec.dirname
+        assert (run_dir / "done.json").exists(), spec.dirname
+        assert steps_of(run_dir) == list(range(0, steps + 1, every)), spec.dirname  # none repeated, none missing
+    log = (config.out_root / ".submitit" / f"{job_id}_0_log.out").read_text()
+    assert "resuming" in log  # the requeued task resumed from a checkpoint
+    jobs = subprocess.run(["sacct", "-n", "-X", "-o", "JobID", "-j", job_id.split("_")[0]], capture_output=True,
+                          text=True).stdout.split()
+    assert jobs == [job_id]

@@ -35,6 +35,8 @@ def register(sub) -> None:
             p.add_argument("--executor", choices=EXECUTORS, help=describe(ExecutorSettings, "kind"))
             for name in ("workers", "threads", "runs_per_task"):
                 p.add_argument(flag(name), type=int, help=describe(ExecutorSettings, name))
+            # text: the key's rule takes a number or "auto" and words its own error
+            p.add_argument(flag("pack_size"), metavar="N|auto", help=describe(ExecutorSettings, "pack_size"))
             p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
                            help="an [executor.slurm] setting (repeatable): " + ", ".join(SLURM_FLAG_KEYS))
         if action != "cancel":
@@ -55,7 +57,7 @@ def _slurm_settings(items: list[str] | None) -> dict | None:
 def _given(args: argparse.Namespace) -> dict:
     """The flags given on this command line (None = not given)."""
     names = ("out", "steps", "eval_every", "trials", "hparam_draws", "device", "data_dir", "executor", "workers",
-             "threads", "runs_per_task")
+             "threads", "runs_per_task", "pack_size")
     given = {name: getattr(args, name, None) for name in names}
     given["slurm"] = _slurm_settings(getattr(args, "slurm", None))
     return given

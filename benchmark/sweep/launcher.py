@@ -5,7 +5,9 @@ and cancelled runs); run it again at any time: it reattaches to what is alive an
 starts a run twice (a run's lock is a second guard should two launchers race); it gives a
 done run whose spec.json was lost its spec back. Failed runs wait for ``retry``, since a run
 that raised usually raises again until something is fixed; ``retry`` starts failed, stale
-and cancelled runs only. Everything is checked before
+and cancelled runs only. Both group the runs they start into packs (invbench.packing; a
+retry packs only the runs it starts) and print the time they expect before starting
+(invbench.sweep.estimate). Everything is checked before
 anything is submitted: the sweep file (schema.py), its names (expansion.py), then what only
 this machine and the data can tell (preflight.py). `status` and `cancel` read the run list
 that `launch` stored (runlist.py) instead of expanding.
@@ -17,6 +19,7 @@ import sys
 from collections import Counter
 from typing import Any, Callable, TextIO
 
+from invbench.packing import make_packs
 from invbench.sweep.executors import executor_class
 from invbench.sweep.expansion import expand
 from invbench.sweep.launches import job_order, mark_cancelled, read_launch
@@ -73,7 +76,10 @@ def launch(config: SweepConfig, *, mode: str = "launch", stream: TextIO | None =
         print("nothing to launch", file=stream)
         return 1 if counts[FAILED] else 0
     print(f"{mode}: {len(to_run)} run(s) with the {config.executor.kind} executor", file=stream)
-    job_ids = executor.submit(to_run)
+    packs = make_packs(to_run, config.executor.pack_size, executor.workers(),
+                       memory_per_worker=executor.memory_per_worker)
+    _print_estimate(executor, packs, stream)
+    job_ids = executor.submit(packs)
     if config.executor.kind == "slurm":
         print(f"submitted job array {_array_id(job_ids)} ({len(job_ids)} task(s)); "
               f"`invbench sweep status` follows it", file=stream)
@@ -89,6 +95,24 @@ def launch(config: SweepConfig, *, mode: str = "launch", stream: TextIO | None =
         print(f"{len(lost)} run(s) did not finish: {', '.join(s.spec.dirname for s in lost)}; "
               "`invbench sweep launch` resumes them", file=stream)
     return 1 if after[FAILED] or lost else 0
+
+
+def _print_estimate(executor, packs: list[list[Any]], stream: TextIO) -> None:
+    """The launch's time, measured with the workers' torch threads (invbench.sweep.estimate)."""
+    import torch
+
+    from invbench.sweep.estimate import estimate
+
+    threads = executor.threads()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        tasks = executor.tasks(packs)
+        found = estimate(packs, workers=executor.workers(), threads=threads, tasks=tasks)
+    finally:
+        torch.set_num_threads(before)
+    if found is not None:
+        print(found.line(), file=stream)
 
 
 def _restore_specs(states: list[RunState], stream: TextIO) -> None:

@@ -148,6 +148,18 @@ class Device(Text):
         return value
 
 
+class PackSize(Rule):
+    allowed = "a positive integer or 'auto'"
+
+    def check(self, value):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise self.fail(value)
+
+    def from_text(self, text):
+        return text if text == "auto" else self.check(int(text) if text.strip().isdigit() else text)
+
+
 class Strings(Rule):
     allowed = "a list of strings"
 
@@ -273,7 +285,11 @@ class ExecutorSettings:
     kind: str = key(Choice(EXECUTORS), f"where the runs run ({describe_executors()})", "local")
     workers: int = key(Integer(0), "local: worker processes (0 = the number of cores)", 0)
     threads: int = key(Integer(0), "torch threads per run (0 = cores // workers locally, cpus_per_task on SLURM)", 0)
-    runs_per_task: int = key(Integer(1), "slurm: runs that share one array task, run in order", 1)
+    runs_per_task: int = key(Integer(1), "slurm: runs that share one array task: whole packs, in order, up to "
+                                         "this many runs (a larger pack has a task of its own)", 1)
+    pack_size: int | str = key(PackSize(), "runs trained together as one batched computation (invbench.packing): "
+                                           "a positive integer (1 = each run alone) or 'auto' (from the model's "
+                                           "memory and the memory available)", 1)
     slurm: SlurmSettings = key(Section(SlurmSettings), "the [executor.slurm] table", factory=SlurmSettings)
 
 
@@ -406,6 +422,15 @@ def _check(rule: Rule, value: Any, label: str, problems: list[str]) -> Any:
         return _BAD
 
 
+def _check_given(rule: Rule, value: Any, label: str, problems: list[str]) -> Any:
+    """A flag's value: text from the command line is converted by the rule, other values checked."""
+    try:
+        return rule.from_text(value) if isinstance(value, str) else rule.check(value)
+    except Invalid as exc:
+        problems.append(f"{label} {exc}")
+        return _BAD
+
+
 def _nested(where: str, name: str) -> str:
     return f"[{where.strip('[]')}.{name}]" if where else f"[{name}]"
 
@@ -432,7 +457,8 @@ def _raise(problems: list[str], source: str) -> None:
 # Command-line overrides -------------------------------------------------------------------
 
 SWEEP_FLAGS = ("out", "steps", "eval_every", "trials", "hparam_draws", "device", "data_dir", "methods")
-EXECUTOR_FLAGS = {"executor": "kind", "workers": "workers", "threads": "threads", "runs_per_task": "runs_per_task"}
+EXECUTOR_FLAGS = {"executor": "kind", "workers": "workers", "threads": "threads", "runs_per_task": "runs_per_task",
+                  "pack_size": "pack_size"}
 # The [executor.slurm] keys that --slurm KEY=VALUE can set (lists and tables need the file).
 SLURM_FLAG_KEYS = tuple(name for name, k in keys(SlurmSettings).items() if not isinstance(k.rule, (Strings, Table)))
 
@@ -446,8 +472,9 @@ def apply_overrides(config: SweepConfig, **flags: Any) -> SweepConfig:
     by its key's rule, and every bad flag is reported at once.
 
     Sweep-level: out, steps, eval_every, trials, hparam_draws, device, data_dir, methods.
-    Executor: executor (kind), workers, threads, runs_per_task; slurm: a dict of [executor.slurm]
-    keys to values (strings from KEY=VALUE are converted by the key's rule).
+    Executor: executor (kind), workers, threads, runs_per_task, pack_size; slurm: a dict of
+    [executor.slurm] keys to values. Strings (KEY=VALUE, --pack-size 8) are converted by the
+    key's rule.
     """
     problems: list[str] = []
     sweep_keys, executor_keys, slurm_keys = keys(SweepConfig), keys(ExecutorSettings), keys(SlurmSettings)
@@ -460,17 +487,15 @@ def apply_overrides(config: SweepConfig, **flags: Any) -> SweepConfig:
     for name, field_name in EXECUTOR_FLAGS.items():
         value = flags.pop(name, None)
         if value is not None:
-            executor[field_name] = _check(executor_keys[field_name].rule, value, flag(name), problems)
+            executor[field_name] = _check_given(executor_keys[field_name].rule, value, flag(name), problems)
     slurm = {}
     for name, value in (flags.pop("slurm", None) or {}).items():
         if name not in slurm_keys:
             problems.append("--slurm: " + _unknown_key(name, {k: slurm_keys[k] for k in SLURM_FLAG_KEYS}))
             continue
-        rule = slurm_keys[name].rule
-        try:
-            slurm[name] = rule.from_text(value) if isinstance(value, str) else rule.check(value)
-        except Invalid as exc:
-            problems.append(f"--slurm {name} {exc}")
+        checked = _check_given(slurm_keys[name].rule, value, f"--slurm {name}", problems)
+        if checked is not _BAD:
+            slurm[name] = checked
     leftover = sorted(k for k, v in flags.items() if v is not None)
     if leftover:
         problems.append(f"unknown sweep override(s) {leftover}")

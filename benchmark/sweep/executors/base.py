@@ -25,9 +25,10 @@ class CancelError(RuntimeError):
 
 
 class Executor:
-    """Runs specs. ``submit`` writes each run's launch.json: the in-process executors before
-    the run starts, the SLURM executor right after submission (the job id exists only
-    then), so a SLURM job may start before its launch.json is written."""
+    """Runs packs of specs (invbench.packing; a pack of one is a run alone). ``submit``
+    writes each run's launch.json: the in-process executors before the run starts, the
+    SLURM executor right after submission (the job id exists only then), so a SLURM job may
+    start before its launch.json is written."""
 
     kind = ""
 
@@ -39,9 +40,30 @@ class Executor:
     def check(self) -> None:
         """Raise ConfigError when this executor cannot run here (before anything is submitted)."""
 
-    def submit(self, specs: Sequence[Any]) -> list[str]:
-        """Run or submit ``specs``; return the job ids."""
+    def submit(self, packs: Sequence[Sequence[Any]]) -> list[str]:
+        """Run or submit ``packs`` (lists of specs, each trained by invbench.runner.run_pack);
+        return the job ids."""
         raise NotImplementedError
+
+    def workers(self) -> int:
+        """How many packs run at once (at most)."""
+        return 1
+
+    def threads(self) -> int:
+        """torch threads of each worker."""
+        return self.settings.threads or 1
+
+    def tasks(self, packs: Sequence[Sequence[Any]]) -> list[list[Sequence[Any]]] | None:
+        """The packs of each job when a job runs several in turn (SLURM's array tasks);
+        None when each worker takes one pack at a time."""
+        return None
+
+    def memory_per_worker(self, device: str) -> int:
+        """The memory one worker may use on ``device``, for ``pack_size = "auto"``: this
+        machine's available memory split over the workers."""
+        from invbench.packing import available_memory_bytes
+
+        return available_memory_bytes(device) // self.workers()
 
     @classmethod
     def job_states(cls, launches: Sequence[dict]) -> dict[str, JobState]:

@@ -1,4 +1,4 @@
-"""The inline executor: runs the specs one after another in this process (for debugging:
+"""The inline executor: runs the packs one after another in this process (for debugging:
 breakpoints and tracebacks work as usual)."""
 
 from __future__ import annotations
@@ -16,36 +16,40 @@ from invbench.warn import Notes
 class InlineExecutor(InProcessExecutor):
     kind = "inline"
 
-    def submit(self, specs: Sequence[Any]) -> list[str]:
+    def threads(self) -> int:
         import torch
 
-        from invbench.rundir import RunBusyError
+        return self.settings.threads or torch.get_num_threads()
 
-        from invbench.runner import RunFailedError, run
+    def submit(self, packs: Sequence[Sequence[Any]]) -> list[str]:
+        import torch
+
+        from invbench.runner import run_pack
 
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
+        specs = [spec for pack in packs for spec in pack]
         with LauncherLock(self.out_root) as lock:
             write_launches([(self.out_root / spec.dirname, lock.job_id) for spec in specs], self.kind,
                            **lock.launch_fields())
             progress = Progress(len(specs), 1)
             notes = Notes(before="\n" if progress.tty else "")  # what the runner did to a run's files
             done = failed = 0
-            for spec in specs:
-                progress.update(done, failed, 1)
+            for pack in packs:
+                progress.update(done, failed, len(pack))
                 start = time.monotonic()
-                try:
-                    run(spec, self.out_root, job_id=lock.job_id, log=notes.log(spec.dirname))
-                    done += 1
-                    progress.wall_times.append(time.monotonic() - start)
-                except RunFailedError as exc:
-                    failed += 1
-                    print(f"\n{exc}", file=sys.stderr)
-                except RunBusyError as exc:
-                    print(f"\n{exc}; left to it", file=sys.stderr)
-                except Exception as exc:  # e.g. its directory holds another run: that run alone fails
-                    failed += 1
-                    print(f"\nrun {spec.dirname} could not start: {type(exc).__name__}: {exc}", file=sys.stderr)
+                outcomes = run_pack(pack, self.out_root, job_id=lock.job_id,
+                                    log=lambda spec, message: notes.log(spec.dirname)(message))
+                per_run = (time.monotonic() - start) / len(pack)  # the pack's time, shared by its runs
+                for outcome in outcomes:
+                    if outcome.status == "done":
+                        done += 1
+                        progress.wall_times.append(per_run)
+                    elif outcome.status == "failed":
+                        failed += 1
+                        print(f"\n{outcome.message}", file=sys.stderr)
+                    else:  # busy: another process trains it
+                        print(f"\n{outcome.message}; left to it", file=sys.stderr)
             progress.update(done, failed, 0)
             progress.close()
         return [lock.job_id]

@@ -1,7 +1,9 @@
 """The local executor: a pool of worker processes on this machine.
 
 Workers are spawned (no forked torch state), each with ``threads`` torch threads, and take
-one spec at a time from a queue, so one failing run never stops the others. A worker dies
+one pack at a time from a queue (invbench.runner.run_pack trains it), reporting each of its
+runs on its own: one failing run never stops the others, and progress, notes, failures
+and busy runs are counted per run. A worker dies
 with its launcher (Linux's PR_SET_PDEATHSIG): after a SIGKILL of the launcher nothing keeps
 training unseen, the runs' locks are released by the kernel, their state reads "stale",
 and the next launch resumes each from its checkpoint. Ctrl-C stops the workers the same
@@ -66,38 +68,43 @@ def _worker(tasks: Any, results: Any, out_root: str, threads: int, job_id: str, 
     forward_warnings(lambda text: results.put(("warning", -1, 0.0, text)))
     import torch
 
-    from invbench.rundir import RunBusyError
-
-    from invbench.runner import RunFailedError, run
+    from invbench.runner import run_pack
 
     torch.set_num_threads(threads)
     while True:
-        item = tasks.get()
-        if item is None:
+        pack = tasks.get()  # [(spec index, spec), ...]
+        if pack is None:
             return
-        index, spec = item
-        results.put(("start", index, os.getpid(), ""))
+        index_of = {spec.run_id: index for index, spec in pack}
+        for index, _ in pack:
+            results.put(("start", index, os.getpid(), ""))
         start = time.monotonic()
-        try:
+
+        def note(spec: Any, message: str) -> None:
             # the runner's notes (a broken file set aside, a restart) go to the launcher too
-            run(spec, out_root, job_id=job_id,
-                log=lambda message: results.put(("note", index, 0.0, str(message))) if is_note(message) else None)
-            results.put(("done", index, time.monotonic() - start, ""))
-        except RunFailedError as exc:
-            results.put(("failed", index, 0.0, str(exc)))
-        except RunBusyError as exc:
-            results.put(("busy", index, 0.0, str(exc)))
-        except Exception as exc:  # a spec that cannot even start (e.g. its directory holds another run)
-            results.put(("failed", index, 0.0, f"{type(exc).__name__}: {exc}"))
+            if is_note(message):
+                results.put(("note", index_of[spec.run_id], 0.0, str(message)))
+
+        outcomes = run_pack([spec for _, spec in pack], out_root, job_id=job_id, log=note)
+        per_run = (time.monotonic() - start) / len(pack)  # the pack's time, shared by its runs
+        for (index, _), outcome in zip(pack, outcomes):
+            results.put((outcome.status, index, per_run if outcome.status == "done" else 0.0, outcome.message))
 
 
 class LocalExecutor(InProcessExecutor):
     kind = "local"
 
-    def submit(self, specs: Sequence[Any]) -> list[str]:
+    def workers(self) -> int:
+        return default_workers(self.settings)
+
+    def threads(self) -> int:
+        return default_threads(self.settings)
+
+    def submit(self, packs: Sequence[Sequence[Any]]) -> list[str]:
+        specs = [spec for pack in packs for spec in pack]
         if not specs:
             return []
-        n_workers = min(default_workers(self.settings), len(specs))
+        n_workers = min(default_workers(self.settings), len(packs))
         threads = default_threads(self.settings)
         ctx = mp.get_context("spawn")
         _start_quiet_resource_tracker()
@@ -105,9 +112,12 @@ class LocalExecutor(InProcessExecutor):
         with LauncherLock(self.out_root) as lock:
             write_launches([(self.out_root / spec.dirname, lock.job_id) for spec in specs], self.kind,
                            **lock.launch_fields())
-            for item in enumerate(specs):
-                tasks.put(item)
-            print(f"local: {len(specs)} run(s) on {n_workers} worker(s) x {threads} torch thread(s)", file=sys.stderr)
+            indices = iter(range(len(specs)))  # a run's index among the specs, in pack order
+            for pack in packs:
+                tasks.put([(next(indices), spec) for spec in pack])
+            in_packs = f" in {len(packs)} pack(s)" if len(packs) < len(specs) else ""
+            print(f"local: {len(specs)} run(s){in_packs} on {n_workers} worker(s) x {threads} torch thread(s)",
+                  file=sys.stderr)
             workers: dict[int, Any] = {}
 
             def start_worker() -> None:

@@ -1,9 +1,12 @@
 """The SLURM executor: one submitit job array per launch.
 
-Each array task runs ``runs_per_task`` specs in order (many short runs share one task).
-On pre-emption or the time limit, SLURM signals the task; submitit calls
+Each array task trains whole packs (invbench.packing), one after another: consecutive
+packs share a task while together they hold at most ``runs_per_task`` runs, and a pack
+larger than that has a task of its own (with ``pack_size`` 1, ``runs_per_task`` runs
+share a task, as before packs). So the default (``runs_per_task`` 1) is one array task per
+pack. On pre-emption or the time limit, SLURM signals the task; submitit calls
 ``RunTask.checkpoint``, which hands back the same task, and requeues it; the requeued task
-skips finished runs and resumes the interrupted one from its last checkpoint.pt (the
+skips finished runs and resumes the interrupted ones from their last checkpoint.pt (the
 runner drops records after the saved step, so none repeats and none is missing).
 Job states come from sacct (submitit's parser): accounting must be enabled.
 """
@@ -30,36 +33,39 @@ CANCELLED = {"CANCELLED", "PREEMPTED", "COMPLETED"}
 
 
 class RunTask:
-    """The callable of one array task: its specs, run in order with invbench.runner.run."""
+    """The callable of one array task: its packs, trained in order with invbench.runner.run_pack.
 
-    def __init__(self, specs: Sequence[Any], out_root: str, threads: int):
+    ``specs`` are the runs of all its packs in order; ``pack_sizes`` cuts them into packs
+    (None: each run alone)."""
+
+    def __init__(self, specs: Sequence[Any], out_root: str, threads: int, pack_sizes: Sequence[int] | None = None):
         self.specs = [spec.to_dict() for spec in specs]  # plain data: pickles across versions
+        self.pack_sizes = list(pack_sizes) if pack_sizes is not None else [1] * len(self.specs)
+        if sum(self.pack_sizes) != len(self.specs):
+            raise ValueError(f"pack sizes {self.pack_sizes} do not add up to the {len(self.specs)} specs")
         self.out_root = out_root
         self.threads = threads
 
     def __call__(self) -> list[str]:
         import torch
 
-        from invbench.rundir import RunBusyError
-
-        from invbench.runner import RunFailedError, run
+        from invbench.runner import run_pack
         from invbench.spec import RunSpec
         from invbench.warn import show_warnings_once
 
         show_warnings_once()  # one line per message in the task's log, not one per run
         torch.set_num_threads(self.threads)
         job_id = job_environment_id()
-        failures, finished = [], []
-        for data in self.specs:
-            spec = RunSpec.from_dict(data)
-            try:
-                finished.append(str(run(spec, self.out_root, job_id=job_id, log=_log)))
-            except RunFailedError as exc:
-                failures.append(str(exc))
-            except RunBusyError:
-                pass
-            except Exception as exc:  # e.g. a run directory holding another run: that run alone fails
-                failures.append(f"run {spec.dirname} could not start: {type(exc).__name__}: {exc}")
+        specs = [RunSpec.from_dict(data) for data in self.specs]
+        failures, finished, start = [], [], 0
+        for size in self.pack_sizes:
+            for outcome in run_pack(specs[start:start + size], self.out_root, job_id=job_id,
+                                    log=lambda spec, message: _log(message)):
+                if outcome.status == "done":
+                    finished.append(str(outcome.run_dir))
+                elif outcome.status == "failed":
+                    failures.append(outcome.message)
+            start += size
         if failures:
             raise RuntimeError(f"{len(failures)} of {len(self.specs)} run(s) failed:\n" + "\n".join(failures))
         return finished
@@ -87,8 +93,18 @@ def _log(message: str) -> None:
     print(message, flush=True)  # into the task's submitit log (OUT/.submitit/JOBID_0_log.out)
 
 
-def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+def task_packs(packs: Sequence[Sequence[Any]], runs_per_task: int) -> list[list[Sequence[Any]]]:
+    """Consecutive packs grouped into array tasks of at most ``runs_per_task`` runs; a pack
+    larger than that is a task of its own."""
+    tasks: list[list[Sequence[Any]]] = []
+    held = runs_per_task  # runs in the last task: full, so the first pack opens a task
+    for pack in packs:
+        if held + len(pack) > runs_per_task:
+            tasks.append([])
+            held = 0
+        tasks[-1].append(pack)
+        held += len(pack)
+    return tasks
 
 
 class SlurmExecutor(Executor):
@@ -127,16 +143,38 @@ class SlurmExecutor(Executor):
             params["mem_gb"] = s.mem_gb
         return params
 
-    def submit(self, specs: Sequence[Any]) -> list[str]:
+    def workers(self) -> int:
+        return self.settings.slurm.array_parallelism
+
+    def threads(self) -> int:
+        return self.settings.threads or self.settings.slurm.cpus_per_task
+
+    def memory_per_worker(self, device: str) -> int:
+        """Each task has memory of its own: mem_gb when it is set (CPU runs), else what
+        this machine has available (a compute node is taken to have as much)."""
+        from invbench.packing import available_memory_bytes
+
+        mem_gb = self.settings.slurm.mem_gb
+        if mem_gb is not None and not device.startswith("cuda"):
+            return int(mem_gb * 2 ** 30)
+        return available_memory_bytes(device)
+
+    def tasks(self, packs: Sequence[Sequence[Any]]) -> list[list[Sequence[Any]]]:
+        """The packs of each array task."""
+        return task_packs(packs, self.settings.runs_per_task)
+
+    def submit(self, packs: Sequence[Sequence[Any]]) -> list[str]:
         import submitit
 
+        specs = [spec for pack in packs for spec in pack]
         if not specs:
             return []
-        threads = self.settings.threads or self.settings.slurm.cpus_per_task
+        threads = self.threads()
         executor = submitit.AutoExecutor(folder=self.folder, cluster="slurm")
         executor.update_parameters(**self.parameters(threads))
-        groups = chunks(list(specs), self.settings.runs_per_task)
-        tasks = [RunTask(group, str(self.out_root.resolve()), threads) for group in groups]
+        groups = [[spec for pack in task for spec in pack] for task in self.tasks(packs)]
+        tasks = [RunTask(group, str(self.out_root.resolve()), threads, [len(pack) for pack in task])
+                 for group, task in zip(groups, self.tasks(packs))]
         # submitit prints sbatch's complaint itself before raising: it goes into our one line
         printed = io.StringIO()
         try:
