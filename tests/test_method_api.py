@@ -264,8 +264,6 @@ def test_the_explicit_path_with_env_gradients_trains_like_erms_simple_path():
 
 # The penalty weight keeps the hyperparameter's value --------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="engine v2 holds the schedule's weights as float32 tensors: "
-                   "91257.18613115903 becomes 91257.1875 in the loss and in the train window's penalty_weight")
 @pytest.mark.parametrize("name", ["irm", "vrex", "mmrex"])
 def test_the_penalty_weight_of_a_double_precision_loss_is_the_configured_value(name):
     weight = 91257.18613115903  # the irm-paper protocol's; before v2 the loss used the Python float
