@@ -350,8 +350,9 @@ class Trainer:
 
     def finish(self, run: int = 0) -> dict[str, Any]:
         """Run ``run``'s part of the done record."""
-        return {"steps": self.spec.steps, "wall_time": self.elapsed(run), "device": str(self.device),
-                "torch": torch.__version__, "source": self.datasets[run].source}
+        # wall_time: the run's training, which lasted as long as its pack's
+        return {"steps": self.spec.steps, "wall_time": self.elapsed(run), "pack_size": self.runs,
+                "device": str(self.device), "torch": torch.__version__, "source": self.datasets[run].source}
 
     def _accumulate(self, result: StepResult) -> None:
         """Add this step's per-run values to the training window (on the device: no sync)."""
