@@ -31,21 +31,29 @@ def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     A batched product whose every run is one small matrix product of the same shape
     whatever R is, so a run's result does not depend on its pack-mates. With one output
     BLAS would switch to a matrix-vector kernel (whose sums round differently from the
-    matrix-matrix kernel), so a zero row is added to the weight; a narrow layer (a linear
-    model's, a classifier's) is computed as weight @ x^T, the shape batched BLAS runs fastest.
+    matrix-matrix kernel), so a zero row is added to the weight. A linear model's layer
+    (few inputs, few outputs) is computed as weight @ x^T, the shape batched BLAS runs
+    fastest; a layer inside a network as x @ weight^T, which keeps the gradients that flow
+    back into the layers below contiguous (their products then round alike for any R).
+    The choice depends on the layer's shape, never on R.
     """
     out_features = weight.shape[1]
-    if out_features < NARROW:
-        if out_features < 2:
-            weight = torch.cat([weight, weight.new_zeros(weight.shape[0], 2 - out_features, weight.shape[2])], 1)
-        out = torch.bmm(weight, x.transpose(1, 2))[:, :out_features].transpose(1, 2)
-        return out if bias is None else out + bias.unsqueeze(1)
-    if bias is None:
-        return torch.bmm(x, weight.transpose(1, 2))
-    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+    if out_features < 2:
+        weight = torch.cat([weight, weight.new_zeros(weight.shape[0], 2 - out_features, weight.shape[2])], 1)
+        if bias is not None:
+            bias = torch.cat([bias, bias.new_zeros(bias.shape[0], 2 - out_features)], 1)
+    if out_features < NARROW and weight.shape[2] < NARROW_INPUTS:
+        out = torch.bmm(weight, x.transpose(1, 2)).transpose(1, 2)
+        out = out if bias is None else out + bias.unsqueeze(1)
+    elif bias is None:
+        out = torch.bmm(x, weight.transpose(1, 2))
+    else:
+        out = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+    return out[..., :out_features] if out_features < 2 else out
 
 
-NARROW = 8  # fewer outputs than this: the weight @ x^T form (a choice by shape, never by R)
+NARROW = 8  # fewer outputs than this, and
+NARROW_INPUTS = 64  # fewer inputs than this: the weight @ x^T form
 
 
 class PackedModel(nn.Module):
