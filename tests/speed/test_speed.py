@@ -1,5 +1,6 @@
-"""Speed regression benchmarks (pytest-benchmark): one training step per method and dataset,
-and the launcher's per-run overhead.
+"""Speed regression benchmarks (pytest-benchmark): one training step per method and dataset
+(the engine's shared step, alone and in a pack of 64 for the linear datasets), and the
+launcher's per-run overhead.
 
 Skipped by `make test` (addopts has --benchmark-skip). `make bench` runs them and compares
 with the baseline stored under results/baselines/speed (fails when a mean gets 25 % slower);
@@ -9,8 +10,6 @@ that saved it.
 """
 
 from __future__ import annotations
-
-import functools
 
 import pytest
 
@@ -31,67 +30,70 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-@functools.lru_cache(maxsize=None)
-def _dataset(name: str):
+# Datasets whose model is linear: their steps are mostly per-call overhead, which a pack of
+# PACK runs shares (time per run-step in extra_info).
+LINEAR_DATASETS = ("linear_sem", "example2")
+PACK = 64
+
+
+def _pack_specs(dataset_name: str, method_name: str, runs: int) -> list:
+    """``runs`` compatible specs of one pack: run r is trial r with hyperparameter draw r (as
+    a sweep's packs mix data seeds and draws); a dataset whose data cannot be found is skipped."""
     from invbench.errors import DataUnavailableError
-    from invbench.runner import build_dataset
+    from invbench.packing import pack_key
     from invbench.spec import make_spec
 
+    specs = [make_spec(dataset_name, method_name, trial=r, hparams_seed=r, device="cpu") for r in range(runs)]
+    specs = [spec for spec in specs if pack_key(spec) == pack_key(specs[0])]
+    if len(specs) < runs:  # a draw that changes a shared hyperparameter: fill with the defaults
+        specs += [make_spec(dataset_name, method_name, trial=r, device="cpu") for r in range(len(specs), runs)]
     try:
-        return build_dataset(make_spec(name, "erm", device="cpu"))
+        from invbench.runner import build_dataset
+
+        build_dataset(specs[0])
     except DataUnavailableError as exc:
-        pytest.skip(f"{name}: {exc}")
+        pytest.skip(f"{dataset_name}: {exc}")
+    return specs
 
 
-def _one_step(dataset_name: str, method_name: str):
-    """The trainer's step (objective, l2, penalty, divide, backward, Adam) on a built spec."""
-    import torch
+def _trainer_step(dataset_name: str, method_name: str, runs: int = 1):
+    """The engine's own step (invbench.trainer.train_step via Trainer.step: objective, l2,
+    penalty, divisor, backward, packed Adam) on a pack of ``runs`` specs, after one warm-up."""
+    from invbench.trainer import Trainer
 
-    from invbench.splits import TRAIN
-    from invbench.models import build_model
-    from invbench.registry import METHODS as REGISTRY
-    from invbench.trainer import MinibatchSampler, make_optimizer
-    from invbench.spec import make_spec
+    trainer = Trainer(_pack_specs(dataset_name, method_name, runs))
+    trainer.step()
+    return trainer
 
-    spec = make_spec(dataset_name, method_name, device="cpu")
-    dataset = _dataset(dataset_name)
-    train_envs = [i for i in range(len(dataset.envs)) if i not in spec.test_envs]
-    hp = dict(spec.hparams)
-    torch.manual_seed(0)
-    model = build_model(spec.model, dataset.input_shape, dataset.n_outputs, hp)
-    method = REGISTRY.get(method_name)(hp, len(train_envs), dataset.task,
-                                       env_sizes=[dataset.envs[i].size(TRAIN) for i in train_envs])
-    optimizer = make_optimizer(model, hp)
-    sampler = MinibatchSampler(dataset, train_envs, hp["batch_size"], 0)
-    state = {"step": 0}
 
-    def step():
-        objective = method.objective(model, sampler.batches(state["step"]), state["step"])
-        loss = objective.risk
-        if hp["l2"]:
-            loss = loss + hp["l2"] * sum(p.pow(2).sum() for p in model.parameters())
-        if objective.penalty is not None:
-            loss = loss + objective.penalty_weight * objective.penalty
-        loss = loss / objective.divide_by
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        state["step"] += 1
+def _skip_unregistered(dataset: str, method: str) -> None:
+    from invbench.registry import DATASETS as DATA, METHODS as REGISTRY
 
-    return step, dataset
+    if method not in REGISTRY or dataset not in DATA:
+        pytest.skip(f"{method} or {dataset} is not registered")
 
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_training_step(benchmark, dataset, method):
-    from invbench.registry import DATASETS as DATA, METHODS as REGISTRY
-
-    if method not in REGISTRY or dataset not in DATA:
-        pytest.skip(f"{method} or {dataset} is not registered")
-    step, data = _one_step(dataset, method)
-    benchmark.extra_info["source"] = data.source
+    _skip_unregistered(dataset, method)
+    trainer = _trainer_step(dataset, method)
+    benchmark.extra_info["source"] = trainer.dataset.source
     benchmark.group = f"step:{dataset}"
-    benchmark(step)
+    benchmark(trainer.step)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dataset", LINEAR_DATASETS)
+def test_pack_training_step(benchmark, dataset, method):
+    """One step of a pack of PACK runs; extra_info has the time per run-step."""
+    _skip_unregistered(dataset, method)
+    trainer = _trainer_step(dataset, method, PACK)
+    benchmark.group = f"pack step:{dataset}"
+    benchmark.extra_info["runs"] = PACK
+    benchmark(trainer.step)
+    benchmark.extra_info["seconds_per_run_step"] = benchmark.stats.stats.median / PACK
+    print(f"\n{dataset} {method}: a pack of {PACK}: {benchmark.stats.stats.median / PACK * 1e3:.3f} ms per run-step")
 
 
 RUNS = 5
