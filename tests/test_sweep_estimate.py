@@ -78,26 +78,41 @@ def test_a_kind_too_slow_to_time_in_full_is_its_runs_steps_from_one_probe():
     assert timing.calls == [("erm", 1, 1)]
     assert found.seconds == pytest.approx(1000 * 4 * 2.5)
     assert found.extrapolated == 1
-    assert "from one run's step" in found.line()
+    assert "scaled from part of their pack" in found.line()
 
 
-def test_once_the_budget_is_spent_the_other_kinds_take_the_timed_kinds_mean_per_run_step():
+def test_each_kind_spends_its_share_of_the_budget_and_kinds_not_timed_take_the_mean_per_run_step():
     now = [0.0]
 
     def timing(specs, steps=STEPS_TIMED):
-        now[0] += 0.5 if steps == 1 else 4.0  # a probe takes 0.5 s, a pack's timing 4 s of the 5 s budget
-        return {"erm": 0.01, "vrex": 0.03}[specs[0].method] * len(specs)
+        now[0] += 0.5 if steps == 1 else 4.0  # a probe takes 0.5 s, a pack's timing 4 s
+        return {"erm": 0.01, "vrex": 0.03}[specs[0].method] * len(specs)  # irm cannot take a step
 
     packs = [[spec(trial=t) for t in range(2)], [spec("vrex", trial=t) for t in range(2)],
              [spec("irm", trial=t) for t in range(2)]]
     found = estimate(packs, workers=1, threads=1, time_pack=timing, clock=lambda: now[0])
-    # erm: probed (0.5 s), then timed (4 s); vrex: probed, but 0.5 s left: its pack's step is 2 x its
-    # run's 0.03 s; irm: not timed, at the mean 0.02 s per run-step of the others
-    assert (found.timed, found.extrapolated, found.untimed) == (1, 1, 1)
+    # erm's share of the 5 s is 5/3 s: after its 0.5 s probe, timing 2 runs (about 1 s each)
+    # does not fit, so its pack's step is 2 x its run's 0.01 s; vrex likewise (share 2.25 s);
+    # irm fails its probe: not timed, at the others' mean 0.02 s per run-step
+    assert (found.timed, found.extrapolated, found.untimed) == (0, 2, 1)
     assert found.seconds == pytest.approx(1000 * (2 * 0.01 + 2 * 0.03 + 2 * 0.02))
-    assert found.line().endswith("(timed 3 steps of 1 of 3 pack kinds on this machine; 1 from one run's step, as "
-                                 "timing them would be long; 1 not timed, taken to cost the others' mean per "
-                                 "run-step)")
+
+
+def test_a_pack_too_large_to_time_in_full_is_timed_in_part_and_scaled():
+    now = [0.0]
+    calls = []
+
+    def timing(specs, steps=STEPS_TIMED):
+        calls.append((len(specs), steps))
+        now[0] += 0.05 if steps == 1 else 0.1 * len(specs)  # a probe 0.05 s; timing 0.1 s per run
+        return 0.001 * len(specs) ** 0.5  # a pack's step grows slower than its runs
+
+    packs = [[spec(trial=t) for t in range(256)]]
+    found = estimate(packs, workers=1, threads=1, time_pack=timing, clock=lambda: now[0])
+    # the whole budget (5 s) is this kind's: after the probe, (5 - 0.05) // (2 x 0.05) = 49 runs fit
+    assert calls == [(1, 1), (49, STEPS_TIMED)]
+    assert found.seconds == pytest.approx(1000 * 0.001 * 49 ** 0.5 * 256 / 49)
+    assert found.extrapolated == 1
 
 
 def test_a_tiny_launch_is_not_timed():

@@ -12,12 +12,13 @@ task too (timed here, on the launching machine, not on a compute node).
 Rules that keep the measuring cheap:
 - tiny launches are not timed (no line): when the launch holds fewer than ``TINY_FACTOR``
   times the pack steps that timing would run, measuring costs more than it tells;
-- each kind is first probed: one run's setup, one warm-up step and one step. Timing the
-  whole pack costs at most its runs' setups and 1 + ``STEPS_TIMED`` steps each, under
-  twice the probe's wall time per run; when that could overrun what is left of
-  ``BUDGET_S``, the pack's step is taken as its runs' steps (the probe's step x the pack's
-  runs, an upper bound) instead: an image model whose steps take seconds, or a pack whose
-  setup is long, is never timed at length;
+- each kind is first probed: one run's setup, one warm-up step and one step. Timing m runs
+  of a pack costs at most their setups and 1 + ``STEPS_TIMED`` steps each, under twice
+  the probe's wall time per run. Each kind may spend its share of what is left of
+  ``BUDGET_S``: the whole pack is timed when it fits, else the largest part of it that
+  fits (at least 2 runs), scaled to the pack's runs (an upper bound: larger packs amortise
+  more), else the probe's step x the pack's runs: an image model whose steps take seconds,
+  or a pack whose setup is long, is never timed at length;
 - once ``BUDGET_S`` is spent, the kinds left are not timed: they are taken to cost the
   mean seconds per run-step of the kinds timed, and the line says so;
 - a kind whose timing fails (a run that diverges at once) counts as not timed.
@@ -71,7 +72,7 @@ class Estimate:
             return f"timed {STEPS_TIMED} steps of {each} pack kind{'s' if self.kinds != 1 else ''} on this machine"
         parts = [f"timed {STEPS_TIMED} steps of {self.timed} of {self.kinds} pack kinds on this machine"]
         if self.extrapolated:
-            parts.append(f"{self.extrapolated} from one run's step, as timing them would be long")
+            parts.append(f"{self.extrapolated} scaled from part of their pack, as timing them in full would be long")
         if self.untimed:
             parts.append(f"{self.untimed} not timed, taken to cost the others' mean per run-step")
         return "; ".join(parts)
@@ -125,20 +126,26 @@ def estimate(packs: Sequence[Sequence[Any]], *, workers: int, threads: int,
     step_time: dict[Hashable, float] = {}  # seconds of one step of the kind's largest pack
     extrapolated = 0
     started = clock()
-    for key, pack in kinds.items():
+    for position, (key, pack) in enumerate(kinds.items()):
         left = budget_s - (clock() - started)
         if left <= 0:
             continue
+        share = left / (len(kinds) - position)  # what this kind may spend, the kinds after it kept in mind
         try:
             probe_started = clock()
             probe = time_pack(list(pack[:1]), steps=1)
-            # timing the pack costs at most its runs' setups and 1 + STEPS_TIMED steps each:
-            # under twice the probe's setup and 2 steps, per run
-            if 2 * len(pack) * (clock() - probe_started) > budget_s - (clock() - started):
-                step_time[key] = probe * len(pack)
+            # timing m runs costs at most their setups and 1 + STEPS_TIMED steps each: under
+            # twice the probe's setup and 2 steps, per run
+            per_run = 2 * (clock() - probe_started)
+            fits = int(max(share - (clock() - probe_started), 0.0) // max(per_run, 1e-9))
+            if fits >= len(pack):
+                step_time[key] = time_pack(list(pack), steps=STEPS_TIMED)
+            elif fits >= 2:  # a smaller pack of this kind, scaled: an upper bound (larger packs amortise more)
+                step_time[key] = time_pack(list(pack[:fits]), steps=STEPS_TIMED) * len(pack) / fits
                 extrapolated += 1
             else:
-                step_time[key] = time_pack(list(pack), steps=STEPS_TIMED)
+                step_time[key] = probe * len(pack)
+                extrapolated += 1
         except Exception:  # a run that cannot even take a step: it fails at launch, not here
             continue
     if not step_time:
