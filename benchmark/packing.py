@@ -22,6 +22,7 @@ imported only inside the functions that size packs.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -64,19 +65,13 @@ def _canonical(mapping: Mapping[str, Any]) -> str:
     return json.dumps({str(k): v for k, v in mapping.items()}, sort_keys=True, default=repr)
 
 
-_PER_RUN: dict[tuple[str, str, str], frozenset[str]] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _per_run_names(method: str, dataset: str, model: str) -> frozenset[str]:
     """Hyperparameters declared as numbers that keep tensor shapes (may differ inside a pack)."""
-    key = (method, dataset, model)
-    if key not in _PER_RUN:
-        from invbench.spec import hparam_space
+    from invbench.spec import hparam_space
 
-        space = hparam_space(method, dataset, model=model)
-        _PER_RUN[key] = frozenset(name for name, hp in space.items()
-                                  if hp.type in (int, float) and not hp.shapes)
-    return _PER_RUN[key]
+    space = hparam_space(method, dataset, model=model)
+    return frozenset(name for name, hp in space.items() if hp.type in (int, float) and not hp.shapes)
 
 
 # Packs ------------------------------------------------------------------------------------

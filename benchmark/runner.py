@@ -216,7 +216,7 @@ def _train_group(group: dict[int, _Member], job_id: str | None, outcomes: dict[i
         except Exception as exc:  # a checkpoint of another model shape, an optimizer that changed
             member.start = _restart(member.run_dir, f"{CHECKPOINT} does not fit the model "
                                     f"({type(exc).__name__}: {exc})", set_aside_file=CHECKPOINT)
-            trainer.active[r] = False  # trains again from step 0 in a pack of its own
+            trainer.stop(r)  # trains again from step 0 in a pack of its own
             restarted[indices[r]] = member
     for r, member in enumerate(members):
         if indices[r] not in restarted:
@@ -319,10 +319,6 @@ def _name(source: dict) -> str:
 
 def _describe(source: dict) -> str:
     return f"{source.get('name', '?')} ({source.get('n_images', '?')} images)"
-
-
-def _quiet(message: str) -> None:
-    pass
 
 
 def _claim_spec(spec: RunSpec, run_dir: Path, log: Log) -> None:

@@ -136,11 +136,9 @@ class PackData:
                 splits[split] = (torch.stack([p[0] for p in parts]), torch.stack([_labels(p[1]) for p in parts]))
             self.splits.append(splits)
 
-    def batch(self, env: int, rows: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Environment ``env``'s training batch: ``rows[r]`` (None: all) for each run."""
+    def batch(self, env: int, rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Environment ``env``'s minibatch: the rows ``rows[r]`` for each run r."""
         x, y = self.splits[env][TRAIN]
-        if rows[0] is None:
-            return x, y
         index = torch.stack(list(rows))  # (R, B)
         if self.shared:
             return x[0][index], y[0][index]
@@ -248,6 +246,10 @@ class Trainer:
     def is_active(self, run: int) -> bool:
         return bool(self.active[run])
 
+    def stop(self, run: int) -> None:
+        """Leave run ``run`` out from now on: no update, no record (not a failure)."""
+        self.active[run] = False
+
     @property
     def finished(self) -> bool:
         return self.steps_done >= self.spec.steps or not bool(self.active.any())
@@ -297,6 +299,8 @@ class Trainer:
 
     def batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every training environment's batch of this step: (x (R, n, ...), y (R, n))."""
+        if self.hparams[0]["batch_size"] == 0:  # full batch: every step the same tensors
+            return [self.data.splits[env][TRAIN] for env in self.train_envs]
         rows = [sampler.rows(step) for sampler in self.samplers]  # [run][env]
         return [self.data.batch(env, [rows[r][i] for r in range(self.runs)])
                 for i, env in enumerate(self.train_envs)]

@@ -193,11 +193,9 @@ def test_a_slurm_task_runs_its_packs_through_run_pack(tmp_path, recorded_packs):
     from invbench.sweep.executors.slurm import RunTask
 
     specs = [spec(trial=t, steps=3) for t in range(3)]
-    finished = RunTask(specs, str(tmp_path), threads=1, pack_sizes=[2, 1])()
+    finished = RunTask([specs[:2], specs[2:]], str(tmp_path), threads=1)()
     assert recorded_packs == [[s.dirname for s in specs[:2]], [specs[2].dirname]]
     assert finished == [str(tmp_path / s.dirname) for s in specs]
-    with pytest.raises(ValueError, match="do not add up"):
-        RunTask(specs, str(tmp_path), threads=1, pack_sizes=[2])
 
 
 def test_slurm_tasks_hold_whole_packs_up_to_runs_per_task():

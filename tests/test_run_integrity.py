@@ -144,7 +144,7 @@ def test_one_broken_run_does_not_stop_the_others_of_a_slurm_array_task(tmp_path)
     (out / specs[1].dirname).mkdir()
     atomic_write_json(out / specs[1].dirname / SPEC, {"run_id": "another"})  # another run's: it fails alone
     with pytest.raises(RuntimeError, match="1 of 3 run") as info:
-        RunTask(specs, str(out), threads=1)()
+        RunTask([[spec] for spec in specs], str(out), threads=1)()
     assert f"run {specs[1].dirname} could not start" in str(info.value)
     assert (out / specs[0].dirname / DONE).exists() and (out / specs[2].dirname / DONE).exists()
 

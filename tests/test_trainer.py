@@ -73,6 +73,6 @@ def test_the_runner_reads_no_slurm_variable_and_the_slurm_task_passes_its_job_id
     from invbench.sweep.executors.slurm import RunTask
 
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # inside a submitit SLURM job
-    finished = RunTask([spec], str(tmp_path / "slurm"), threads=1)()
+    finished = RunTask([[spec]], str(tmp_path / "slurm"), threads=1)()
     assert json.loads((tmp_path / "slurm" / spec.dirname / STARTED).read_text())["job_id"] == "76_3"
     assert finished == [str(tmp_path / "slurm" / spec.dirname)]

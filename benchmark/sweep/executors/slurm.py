@@ -33,16 +33,12 @@ CANCELLED = {"CANCELLED", "PREEMPTED", "COMPLETED"}
 
 
 class RunTask:
-    """The callable of one array task: its packs, trained in order with invbench.runner.run_pack.
+    """The callable of one array task: its packs (lists of specs), trained in order with
+    invbench.runner.run_pack."""
 
-    ``specs`` are the runs of all its packs in order; ``pack_sizes`` cuts them into packs
-    (None: each run alone)."""
-
-    def __init__(self, specs: Sequence[Any], out_root: str, threads: int, pack_sizes: Sequence[int] | None = None):
-        self.specs = [spec.to_dict() for spec in specs]  # plain data: pickles across versions
-        self.pack_sizes = list(pack_sizes) if pack_sizes is not None else [1] * len(self.specs)
-        if sum(self.pack_sizes) != len(self.specs):
-            raise ValueError(f"pack sizes {self.pack_sizes} do not add up to the {len(self.specs)} specs")
+    def __init__(self, packs: Sequence[Sequence[Any]], out_root: str, threads: int):
+        # plain data: pickles across versions
+        self.packs = [[spec.to_dict() for spec in pack] for pack in packs]
         self.out_root = out_root
         self.threads = threads
 
@@ -56,18 +52,17 @@ class RunTask:
         show_warnings_once()  # one line per message in the task's log, not one per run
         torch.set_num_threads(self.threads)
         job_id = job_environment_id()
-        specs = [RunSpec.from_dict(data) for data in self.specs]
-        failures, finished, start = [], [], 0
-        for size in self.pack_sizes:
-            for outcome in run_pack(specs[start:start + size], self.out_root, job_id=job_id,
+        failures, finished = [], []
+        for pack in self.packs:
+            for outcome in run_pack([RunSpec.from_dict(data) for data in pack], self.out_root, job_id=job_id,
                                     log=lambda spec, message: _log(message)):
                 if outcome.status == "done":
                     finished.append(str(outcome.run_dir))
                 elif outcome.status == "failed":
                     failures.append(outcome.message)
-            start += size
         if failures:
-            raise RuntimeError(f"{len(failures)} of {len(self.specs)} run(s) failed:\n" + "\n".join(failures))
+            runs = sum(map(len, self.packs))
+            raise RuntimeError(f"{len(failures)} of {runs} run(s) failed:\n" + "\n".join(failures))
         return finished
 
     def checkpoint(self) -> Any:
@@ -172,9 +167,8 @@ class SlurmExecutor(Executor):
         threads = self.threads()
         executor = submitit.AutoExecutor(folder=self.folder, cluster="slurm")
         executor.update_parameters(**self.parameters(threads))
-        groups = [[spec for pack in task for spec in pack] for task in self.tasks(packs)]
-        tasks = [RunTask(group, str(self.out_root.resolve()), threads, [len(pack) for pack in task])
-                 for group, task in zip(groups, self.tasks(packs))]
+        grouped = self.tasks(packs)
+        tasks = [RunTask(task, str(self.out_root.resolve()), threads) for task in grouped]
         # submitit prints sbatch's complaint itself before raising: it goes into our one line
         printed = io.StringIO()
         try:
@@ -184,8 +178,8 @@ class SlurmExecutor(Executor):
             said = " ".join(str(exc).split()) or " ".join(printed.getvalue().split()) or type(exc).__name__
             raise SubmissionError(f"sbatch refused the job array of {len(specs)} run(s), nothing was submitted: "
                                   f"{said}") from None
-        write_launches([(self.out_root / spec.dirname, str(job.job_id)) for job, group in zip(jobs, groups)
-                        for spec in group], self.kind, folder=str(self.folder))
+        write_launches([(self.out_root / spec.dirname, str(job.job_id)) for job, task in zip(jobs, grouped)
+                        for pack in task for spec in pack], self.kind, folder=str(self.folder))
         return [str(job.job_id) for job in jobs]
 
     @classmethod
