@@ -68,6 +68,8 @@ class DatasetFamily:
     default_holdout_fraction: ClassVar[float] = 0.0
     default_test_envs: ClassVar[tuple[int, ...]] = ()
     model: ClassVar[str] = "mlp"  # the default model; a spec may choose another
+    # What the family's oracle data is, in one line (None: it has none); build_oracle makes it.
+    oracle: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -119,6 +121,21 @@ class DatasetFamily:
     def build(self, options: Mapping[str, Any], data_seed: int, holdout_fraction: float,
               data_dir: str | None) -> Dataset:
         raise NotImplementedError
+
+    def build_oracle(self, options: Mapping[str, Any], data_seed: int, holdout_fraction: float,
+                     data_dir: str | None) -> Dataset:
+        """The oracle data: the same environments, sizes and test splits as ``build``, with the
+        spurious signal removed from what the oracle trains and selects on (the ``oracle``
+        method's data: the reference a method that ignored the spurious signal would reach)."""
+        raise ConfigError(f"dataset {self.name!r} defines no oracle data")
+
+
+def shuffle_columns(x: torch.Tensor, columns: slice, generator: torch.Generator) -> torch.Tensor:
+    """x with the ``columns`` block permuted across rows: that block keeps its distribution
+    but loses its link with the rest of the row (and with the label)."""
+    out = x.clone()
+    out[:, columns] = x[torch.randperm(len(x), generator=generator), columns]
+    return out
 
 
 def holdout_split(x: torch.Tensor, y: torch.Tensor, fraction: float, generator: torch.Generator

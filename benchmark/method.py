@@ -92,6 +92,9 @@ class Method:
 
     name: ClassVar[str] = ""
     hparams: ClassVar[dict[str, HParam]] = {}
+    # True: the runs train and validate on the dataset's oracle data, where the spurious
+    # signal is removed (invbench.data.DatasetFamily.build_oracle), not on its usual data.
+    trains_on_oracle_data: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -52,6 +52,10 @@ class Protocol:
     steps: int | None = None  # None: the dataset's default
     eval_every: int | None = None
     model: str | None = None  # None: the dataset's model
+    # Per named method: its own model and number of steps (the IRM paper's grayscale oracle
+    # is a narrower colour-blind MLP trained 100 steps); win over model and steps.
+    method_models: Mapping[str, str] = field(default_factory=dict)
+    method_steps: Mapping[str, int] = field(default_factory=dict)
     selection: str | None = None  # the model selection the paper reports (invbench collect -s)
     deviations: tuple[str, ...] = ()  # where this protocol departs from the paper, and why
 
@@ -64,6 +68,8 @@ class Protocol:
         object.__setattr__(self, "search", freeze(self.search))
         object.__setattr__(self, "method_hparams", freeze({k: freeze(v) for k, v in self.method_hparams.items()}))
         object.__setattr__(self, "method_search", freeze({k: freeze(v) for k, v in self.method_search.items()}))
+        object.__setattr__(self, "method_models", freeze(self.method_models))
+        object.__setattr__(self, "method_steps", freeze(self.method_steps))
 
     def values_for(self, method: str) -> dict[str, Any]:
         """The defaults this protocol sets for one method: every method's, then the method's own."""
@@ -71,6 +77,13 @@ class Protocol:
 
     def search_for(self, method: str) -> dict[str, Any]:
         return {**self.search, **self.method_search.get(method, {})}
+
+    def model_for(self, method: str) -> str | None:
+        """The model this protocol trains ``method`` with (None: the dataset's)."""
+        return self.method_models.get(method, self.model)
+
+    def steps_for(self, method: str) -> int | None:
+        return self.method_steps.get(method, self.steps)
 
 
 def register(protocol: Protocol) -> Protocol:
@@ -101,7 +114,8 @@ def check_protocol(protocol: Protocol) -> None:
     validate_overrides(shared, protocol.hparams, f"every method in {where} (method hyperparameters "
                                                  f"go under method_hparams)")
     _check_search(shared, protocol.search, f"every method in {where}")
-    for method in sorted({*protocol.method_hparams, *protocol.method_search}):
+    for method in sorted({*protocol.method_hparams, *protocol.method_search, *protocol.method_models,
+                          *protocol.method_steps}):
         if method not in METHODS:
             raise ConfigError(f"{where} names method {method!r}, which is not registered; "
                               f"registered methods: {', '.join(METHODS.names())}")
@@ -112,14 +126,16 @@ def check_protocol(protocol: Protocol) -> None:
     if unknown or not protocol.datasets:
         raise ConfigError(f"{where} must name the datasets it was made for; unknown: {unknown}; "
                           f"registered datasets: {', '.join(DATASETS.names())}")
-    if protocol.model is not None and protocol.model not in MODELS:
-        raise ConfigError(f"{where}: unknown model {protocol.model!r}; allowed: {', '.join(sorted(MODELS))}")
+    for model in (protocol.model, *protocol.method_models.values()):
+        if model is not None and model not in MODELS:
+            raise ConfigError(f"{where}: unknown model {model!r}; allowed: {', '.join(sorted(MODELS))}")
     from invbench.results.selection import SELECTIONS
 
     if protocol.selection is not None and protocol.selection not in SELECTIONS:
         raise ConfigError(f"{where}: unknown selection {protocol.selection!r}; allowed: {', '.join(SELECTIONS)}")
-    for key in ("steps", "eval_every"):
-        value = getattr(protocol, key)
+    counts = [("steps", protocol.steps), ("eval_every", protocol.eval_every),
+              *((f"method_steps[{m!r}]", v) for m, v in protocol.method_steps.items())]
+    for key, value in counts:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{where}: {key} must be an integer >= 1; got {value!r}")
 

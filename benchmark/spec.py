@@ -68,7 +68,13 @@ class RunSpec:
     def data_key(self) -> str:
         """What decides the data a run is built on (not the trial: sources and sizes do not
         depend on it), for building each distinct dataset once."""
-        return repr((self.dataset, sorted(self.dataset_options.items()), self.holdout_fraction, self.data_dir))
+        return repr((self.dataset, sorted(self.dataset_options.items()), self.holdout_fraction, self.data_dir,
+                     self.uses_oracle_data))
+
+    @property
+    def uses_oracle_data(self) -> bool:
+        """Whether the run trains on its dataset's oracle data (method ``oracle``)."""
+        return self.method in METHODS and METHODS.get(self.method).trains_on_oracle_data
 
     @property
     def dirname(self) -> str:
@@ -118,7 +124,7 @@ def hparam_space(method: str, dataset: str, *, protocol: str | None = None, mode
     """
     family = DATASETS.get(dataset)
     chosen = _protocol(family, protocol)
-    return _space(method, chosen, model or _model(family, chosen, family.resolve_options(None)))
+    return _space(method, chosen, model or _model(family, chosen, family.resolve_options(None), method))
 
 
 def _protocol(family, name: str | None):
@@ -128,8 +134,8 @@ def _protocol(family, name: str | None):
     return get_protocol(name) if name else None
 
 
-def _model(family, protocol, options: Mapping[str, Any]) -> str:
-    return (protocol.model if protocol is not None else None) or family.model_for(options)
+def _model(family, protocol, options: Mapping[str, Any], method: str) -> str:
+    return (protocol.model_for(method) if protocol is not None else None) or family.model_for(options)
 
 
 def _space(method: str, protocol, model: str) -> dict[str, HParam]:
@@ -138,6 +144,15 @@ def _space(method: str, protocol, model: str) -> dict[str, HParam]:
 
     MODELS.get(model)  # an unknown name: the registry's error, with its close matches
     return method_space(METHODS.get(method), method, protocol, MODEL_HPARAMS.get(model, ()))
+
+
+def check_oracle(method: str, method_cls: type, family: type) -> None:
+    """A method that trains on oracle data needs a dataset that defines it: say which do."""
+    if not method_cls.trains_on_oracle_data or family.oracle is not None:
+        return
+    having = [name for name in DATASETS.names() if DATASETS.get(name).oracle is not None]
+    raise ConfigError(f"method {method!r} trains on a dataset's oracle data (its spurious signal removed), and "
+                      f"dataset {family.name!r} defines none; datasets that do: {', '.join(having) or 'none'}")
 
 
 def make_spec(
@@ -174,7 +189,8 @@ def make_spec(
     protocol = _protocol(family, preset)
     if preset is not None:
         warn_if_foreign(protocol, dataset, family.protocol)
-    model = model or _model(family, protocol, options)
+    check_oracle(method, method_cls, family)
+    model = model or _model(family, protocol, options, method)
     space = _space(method, protocol, model)
     hparams = draw(space, hparams_seed)
     given = dict(overrides or {})
@@ -186,7 +202,7 @@ def make_spec(
                           f"only {', '.join(readers) or 'no model'} read it")
     hparams.update(validate_overrides(space, given, f"method {method!r}"))
 
-    protocol_steps = protocol.steps if protocol is not None else None
+    protocol_steps = protocol.steps_for(method) if protocol is not None else None
     protocol_eval = protocol.eval_every if protocol is not None else None
     steps = steps if steps is not None else (protocol_steps or family.default_steps)
     eval_every = eval_every if eval_every is not None else min(protocol_eval or family.default_eval_every, steps)

@@ -47,9 +47,12 @@ CHECKPOINT_FORMAT = 2  # 2: one run of a pack (packed Adam state); 1 was torch.o
 
 
 
-def build_dataset(spec: RunSpec) -> Dataset:
+def build_dataset(spec: RunSpec, data_seed: int | None = None) -> Dataset:
+    """The spec's data (its oracle data for the oracle method), for its trial or ``data_seed``."""
     family = DATASETS.get(spec.dataset)()
-    return family.build(spec.dataset_options, spec.trial, spec.holdout_fraction, spec.data_dir)
+    build = family.build_oracle if spec.uses_oracle_data else family.build
+    return build(spec.dataset_options, spec.trial if data_seed is None else data_seed, spec.holdout_fraction,
+                 spec.data_dir)
 
 
 def evaluation_steps(spec: RunSpec, up_to: int) -> list[int]:

@@ -9,6 +9,8 @@ channel (1 - colour) is zeroed; pixels are scaled to [0, 1].
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -37,6 +39,22 @@ def colour(images: np.ndarray, classes: np.ndarray, flip: float, label_noise: fl
     x = torch.stack([grey, grey], dim=1).float().div_(255.0)
     x[torch.arange(len(x)), 1 - colours] = 0.0  # the other channel stays: colour 1 lights channel 1
     return x, labels, colours
+
+
+ORACLE = "colour made constant: every image in the first channel (the grey image; a colour-blind model's input)"
+
+
+def without_colour(dataset: Any) -> Any:
+    """The oracle data of Colored MNIST: every image of every split in channel 0, channel 1
+    zero, so colour says nothing. The channel sum is the grey image, exactly what the IRM
+    paper's grayscale model (model mlp_grayscale) sees; any other model sees no colour."""
+    for env in dataset.envs:
+        for split, (x, y) in env.splits.items():
+            grey = torch.zeros_like(x)
+            grey[:, 0] = x.sum(dim=1)
+            env.splits[split] = (grey, y)
+    dataset.metadata["oracle"] = True
+    return dataset
 
 
 def flip_name(flip: float) -> str:

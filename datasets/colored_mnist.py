@@ -11,7 +11,7 @@ from invbench.errors import ConfigError
 from invbench.hparams import HParam, seed_hash
 from invbench.registry import DATASETS
 from invbench.tasks import Task
-from invbench.datasets._colouring import check_flips, colour, common_options
+from invbench.datasets._colouring import ORACLE, check_flips, colour, common_options, without_colour
 from invbench.datasets._sources import load_images
 
 
@@ -38,6 +38,7 @@ class ColoredMNISTIRM(DatasetFamily):
         "test_flips": HParam((0.9,), help="colour-flip probability of each test environment (after the training ones)"),
     }
     protocol = "irm-paper"  # its values: invbench.paper_protocols
+    oracle = ORACLE
     default_holdout_fraction = 0.0  # the IRM protocol evaluates on whole environments
     default_test_envs = (2,)
 
@@ -56,6 +57,10 @@ class ColoredMNISTIRM(DatasetFamily):
             raise ConfigError(f"{cls.name}: train_flips and test_flips each need at least one probability")
         flips = (*options["train_flips"], *options["test_flips"])
         check_flips(cls.name, "train_flips and test_flips", flips, cls.env_names(options))
+
+    def build_oracle(self, options: Mapping[str, Any], data_seed: int, holdout_fraction: float,
+                     data_dir: str | None) -> Dataset:
+        return without_colour(self.build(options, data_seed, holdout_fraction, data_dir))
 
     def build(self, options: Mapping[str, Any], data_seed: int, holdout_fraction: float,
               data_dir: str | None) -> Dataset:

@@ -12,7 +12,7 @@ from invbench.errors import ConfigError
 from invbench.hparams import seed_hash
 from invbench.registry import DATASETS
 from invbench.tasks import Task
-from invbench.datasets._colouring import check_flips, colour, common_options, flip_name
+from invbench.datasets._colouring import ORACLE, check_flips, colour, common_options, flip_name, without_colour
 from invbench.datasets._sources import load_images
 
 
@@ -35,6 +35,7 @@ class ColoredMNISTDomainBed(DatasetFamily):
     model = "cnn"  # DomainBed's MNIST_CNN
     options = common_options("flips", (0.1, 0.2, 0.9), "colour-flip probability of each environment", 28)
     protocol = "domainbed"  # its values: invbench.paper_protocols
+    oracle = ORACLE
     default_holdout_fraction = 0.2
     default_test_envs = (2,)
 
@@ -51,6 +52,10 @@ class ColoredMNISTDomainBed(DatasetFamily):
         if len(options["flips"]) < 2:
             raise ConfigError(f"{cls.name}: flips needs at least two environments; got {options['flips']}")
         check_flips(cls.name, "flips", options["flips"], cls.env_names(options))
+
+    def build_oracle(self, options: Mapping[str, Any], data_seed: int, holdout_fraction: float,
+                     data_dir: str | None) -> Dataset:
+        return without_colour(self.build(options, data_seed, holdout_fraction, data_dir))
 
     def build(self, options: Mapping[str, Any], data_seed: int, holdout_fraction: float,
               data_dir: str | None) -> Dataset:

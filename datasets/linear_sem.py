@@ -50,6 +50,7 @@ class LinearSEM(DatasetFamily):
     }
     protocol = "linear-sem"  # its values: invbench.paper_protocols
     default_test_envs = (2,)  # IRM trains on sigma 0.2 and 2 and is tested on sigma 5
+    oracle = "the effects z shuffled across rows in every environment, so that only the causes x predict y"
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
@@ -63,6 +64,15 @@ class LinearSEM(DatasetFamily):
 
     def build(self, options: Mapping[str, Any], data_seed: int, holdout_fraction: float,
               data_dir: str | None) -> Dataset:
+        return self._build(options, data_seed, holdout_fraction, oracle=False)
+
+    def build_oracle(self, options: Mapping[str, Any], data_seed: int, holdout_fraction: float,
+                     data_dir: str | None) -> Dataset:
+        """Every environment with its effects z shuffled across rows (before any scrambling):
+        least squares on it estimates the causal coefficients, the reference for the errors."""
+        return self._build(options, data_seed, holdout_fraction, oracle=True)
+
+    def _build(self, options: Mapping[str, Any], data_seed: int, holdout_fraction: float, oracle: bool) -> Dataset:
         from invbench.hparams import seed_hash
 
         d = options["dim"]
@@ -93,6 +103,8 @@ class LinearSEM(DatasetFamily):
             y_scale, z_scale = (sigma, 1.0) if options["y_noise"] == "sigma" else (1.0, sigma)
             y = x @ w_xy + h @ w_hy + randn(gen, n, d) * y_scale
             z = y @ w_yz + h @ w_hz + randn(gen, n, d) * z_scale
+            if oracle:  # its own stream: the rest of the data is the usual data
+                z = z[torch.randperm(n, generator=stream("oracle", i))]
             inputs = (torch.cat([x, z], dim=1) @ scramble).float()
             target = y.sum(dim=1).float()
             envs.append(Environment(f"sigma={sigma:g}", holdout_split(inputs, target, holdout_fraction,
@@ -102,7 +114,7 @@ class LinearSEM(DatasetFamily):
         return Dataset(
             envs=envs, task=Task("regression"), input_shape=(2 * d,), n_outputs=1,
             source={"name": "synthetic", "location": "linear_sem", "n_images": n * len(envs)},
-            metadata={"true_coefficients": true_w.tolist()},
+            metadata={"true_coefficients": true_w.tolist(), "oracle": oracle},
             extra_metrics=lambda model: coefficient_errors(model, true_w, scramble),
         )
 

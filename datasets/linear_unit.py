@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import torch
 
-from invbench.data import Dataset, DatasetFamily, Environment, holdout_split
+from invbench.data import Dataset, DatasetFamily, Environment, holdout_split, shuffle_columns
 from invbench.hparams import HParam, seed_hash
 from invbench.registry import DATASETS
 from invbench.splits import TEST, TRAIN, VAL
@@ -38,6 +38,7 @@ class LinearUnitTest(DatasetFamily):
         "n_per_env": HParam(10_000, low=2, high=10_000_000, help="samples per environment and split"),
     }
     protocol = "linear-unit-tests"  # its values: invbench.paper_protocols
+    oracle = "the training and validation splits built like the test split: the spurious block shuffled across rows"
     default_holdout_fraction = 0.0
     default_test_envs = ()
 
@@ -57,6 +58,15 @@ class LinearUnitTest(DatasetFamily):
 
     def build(self, options: Mapping[str, Any], data_seed: int, holdout_fraction: float,
               data_dir: str | None) -> Dataset:
+        return self._build(options, data_seed, holdout_fraction, oracle=False)
+
+    def build_oracle(self, options: Mapping[str, Any], data_seed: int, holdout_fraction: float,
+                     data_dir: str | None) -> Dataset:
+        """The paper's oracle trains and validates on samples drawn as the test split is (its
+        spurious block shuffled across rows); the test splits are the usual ones."""
+        return self._build(options, data_seed, holdout_fraction, oracle=True)
+
+    def _build(self, options: Mapping[str, Any], data_seed: int, holdout_fraction: float, oracle: bool) -> Dataset:
         # Independent seeded streams per purpose: the "s" variant sees the same data as the
         # plain one, only rotated, and a new environment leaves the others unchanged.
         stream = lambda *parts: torch.Generator().manual_seed(seed_hash(self.example, data_seed, *parts))
@@ -66,22 +76,24 @@ class LinearUnitTest(DatasetFamily):
         scramble = torch.linalg.qr(torch.randn(dim, dim, generator=stream("scramble")))[0] if self.scrambled \
             else torch.eye(dim)
         envs = []
+        spurious = slice(dim_inv, dim)
+        # the oracle's training and validation samples are the usual ones with the spurious
+        # block shuffled (its own streams), so they differ from the usual data in that alone
+        shuffled = lambda x, *parts: shuffle_columns(x, spurious, stream("oracle", *parts)) if oracle else x
         for i, name in enumerate(self.env_names(options)):
             params = self.env_params(options, i, stream("env", i))
             x, y = self.sample(options, params, n, stream("sample", i, TRAIN))
-            splits = holdout_split(x @ scramble, y, holdout_fraction, stream("holdout", i))
+            splits = holdout_split(shuffled(x, i, TRAIN) @ scramble, y, holdout_fraction, stream("holdout", i))
             if VAL not in splits:
                 x_val, y_val = self.sample(options, params, n, stream("sample", i, VAL))
-                splits[VAL] = (x_val @ scramble, y_val)
+                splits[VAL] = (shuffled(x_val, i, VAL) @ scramble, y_val)
             x_test, y_test = self.sample(options, params, n, stream("sample", i, TEST))
-            gen = stream("shuffle", i)
-            x_test[:, dim_inv:] = x_test[torch.randperm(len(x_test), generator=gen), dim_inv:]
-            splits[TEST] = (x_test @ scramble, y_test)
+            splits[TEST] = (shuffle_columns(x_test, spurious, stream("shuffle", i)) @ scramble, y_test)
             envs.append(Environment(name, splits, info=params))
         return Dataset(
             envs=envs, task=Task(self.task), input_shape=(dim,), n_outputs=1,
             source={"name": "synthetic", "location": self.name, "n_images": 3 * n * len(envs)},
-            metadata={"protocol": "Aubin et al. 2021", "scrambled": self.scrambled},
+            metadata={"protocol": "Aubin et al. 2021", "scrambled": self.scrambled, "oracle": oracle},
         )
 
 

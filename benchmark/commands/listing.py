@@ -37,6 +37,10 @@ def _protocol_lines(protocol) -> list[str]:
     for method in sorted({*protocol.method_hparams, *protocol.method_search}):
         values = _values(protocol.method_hparams.get(method, {}), protocol.method_search.get(method, {}))
         lines.append(f"    {method}: {values}")
+    for method in sorted({*protocol.method_models, *protocol.method_steps}):
+        own = [f"model {protocol.method_models[method]}"] if method in protocol.method_models else []
+        own += [f"{protocol.method_steps[method]} steps"] if method in protocol.method_steps else []
+        lines.append(f"    {method} trains with: {', '.join(own)}")
     lines += [f"    deviation: {text}" for text in protocol.deviations]
     return lines
 
@@ -69,6 +73,8 @@ def main(args: argparse.Namespace) -> int:
             named = f"; protocol {family.protocol}" if family.protocol else ""
             out.append(f"  {name}: {describe(family)} [{family.task}; model {model}; {steps} steps{named}]")
             out += _table(family.options)
+            if family.oracle:
+                out.append(f"    oracle data (method oracle): {family.oracle}")
     if args.what in (None, "protocols"):
         from invbench.protocol import PROTOCOLS, get_protocol
 

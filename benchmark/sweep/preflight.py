@@ -45,7 +45,7 @@ def preflight(specs: Sequence[Any]) -> None:
     each spec's model fits it, and that every training environment holds a batch."""
     from invbench.models import check_model_fits
     from invbench.registry import DATASETS
-    from invbench.trainer import check_batch_sizes
+    from invbench.trainer import build_dataset, check_batch_sizes
 
     built: dict[str, Any] = {}
     models_checked: set[tuple[str, str]] = set()
@@ -53,8 +53,7 @@ def preflight(specs: Sequence[Any]) -> None:
         key = spec.data_key
         if key not in built:
             try:
-                built[key] = DATASETS.get(spec.dataset)().build(spec.dataset_options, 0, spec.holdout_fraction,
-                                                                spec.data_dir)
+                built[key] = build_dataset(spec, data_seed=0)
             except DataUnavailableError as exc:
                 lines = " ".join(line.strip() for line in str(exc).splitlines())
                 raise ConfigError(f"{spec.dataset}: {lines}") from None
