@@ -25,10 +25,19 @@ class SpuriousLinear(DatasetFamily):
     options = {"p": HParam((0.95, 0.8, 0.1), help="agreement of z's sign with the label, per env")}
     protocol = "test-spurious-linear"
     default_test_envs = (2,)
+    oracle = "z shuffled across rows"
 
     @classmethod
     def env_names(cls, options):
         return [f"p={p:g}" for p in options["p"]]
+
+    def build_oracle(self, options, data_seed, holdout_fraction, data_dir):
+        dataset = self.build(options, data_seed, holdout_fraction, data_dir)
+        gen = torch.Generator().manual_seed(2000 + data_seed)
+        for env in dataset.envs:
+            x, y = env.splits["train"]
+            env.splits["train"] = (torch.stack([x[:, 0], x[torch.randperm(len(x), generator=gen), 1]], dim=1), y)
+        return dataset
 
     def build(self, options, data_seed, holdout_fraction, data_dir):
         gen = torch.Generator().manual_seed(1000 + data_seed)
@@ -87,3 +96,9 @@ def test_invariance_methods_put_clearly_less_weight_on_the_spurious_feature(spur
     for label, (method, extra) in PENALISED.items():
         share = spurious_share(spurious_dataset, method, trial, tmp_path, **schedule, **extra)
         assert share < erm - 0.25, (label, share, erm)
+
+
+def test_the_oracle_puts_almost_no_weight_on_the_spurious_feature(spurious_dataset, tmp_path):
+    # on its oracle data z carries no information about y: the fit leaves it near zero
+    erm = spurious_share(spurious_dataset, "erm", 0, tmp_path)
+    assert spurious_share(spurious_dataset, "oracle", 0, tmp_path) < min(0.1, erm - 0.3)
