@@ -28,7 +28,8 @@ path above) and use the helpers ``env_gradients`` and ``model.features`` /
 trained by the same optimizer and saved in the checkpoints.
 
 A method's state (group DRO's weights) is a dict of tensors with the run dimension first:
-the checkpoints of a pack's runs are written one run at a time.
+the checkpoints of a pack's runs are written one run at a time. State whose shape depends
+on the model is created in ``bind(model)``, which the trainer calls before any step or resume.
 """
 
 from __future__ import annotations
@@ -148,6 +149,11 @@ class Method:
         torch.where(update, loss, torch.zeros_like(loss)).sum().backward()
         optimizer.step(update)
         return StepResult(loss.detach(), objective, diverged=active & ~finite)
+
+    def bind(self, model: Any) -> None:
+        """Called by the trainer with the pack's model before any step or resume: a method
+        whose state's shape depends on the model (Fishr's moving averages of the classifier's
+        gradient variances) creates that state here, so a checkpoint's state fits it."""
 
     def own_parameters(self) -> dict[str, torch.Tensor]:
         """Parameters of the method's own (run dimension first), trained with the model's."""

@@ -210,6 +210,7 @@ class Trainer:
         env_sizes = [self.dataset.envs[i].size(TRAIN) for i in self.train_envs]
         self.method: Method = METHODS.get(first.method)(
             self.hparams, len(self.train_envs), self.dataset.task, env_sizes=env_sizes).to(self.device)
+        self.method.bind(self.model)
         self.optimizer = PackedAdam(self._trained_parameters(), lr=self._per_run("lr"),
                                     weight_decay=self._per_run("weight_decay"))
         self.l2 = self._per_run("l2").to(torch.float32)

@@ -136,7 +136,7 @@ def test_an_mlp_run_writes_the_same_bytes_alone_and_in_a_pack_of_64(tmp_path, on
         assert packed == single
 
 
-@pytest.mark.parametrize("method", ["erm", "irm"])
+@pytest.mark.parametrize("method", ["erm", "irm", "fishr"])
 def test_batches_of_any_size_give_the_same_records_within_1e_6(tmp_path, one_torch_thread, method):
     """With rows per run that are not a multiple of the vector width, elementwise kernels
     (exp, log) run a run's last elements through scalar code alone but through vector code
