@@ -40,11 +40,14 @@ register(Protocol(
         # the code's schedule without IRMv1's tuned weight (see the deviation below)
         "mmrex": {k: v for k, v in IRM_TUNED_SCHEDULE.items() if k != "penalty_weight"},
         "oracle": GRAYSCALE_TUNED,
+        # the Fishr paper's Colored MNIST code: IRM's tuned values, no moving average, summed
+        # squared distance, weight 1.0 before the anneal, loss divided by the weight
+        "fishr": {**IRM_TUNED_TRAINING, **IRM_TUNED_SCHEDULE, "ema": 0.0, "distance": "sum", "warmup_weight": 1.0},
     },
     # the paper's grayscale row: the colour-blind MLP on the oracle data, 100 steps
     method_models={"oracle": "mlp_grayscale"},
     method_steps={"oracle": 100},
-    method_search={"irm": IRM_CODE_SCHEDULE_SEARCH, "vrex": IRM_CODE_SCHEDULE_SEARCH,
+    method_search={"irm": IRM_CODE_SCHEDULE_SEARCH, "vrex": IRM_CODE_SCHEDULE_SEARCH, "fishr": {**IRM_CODE_SCHEDULE_SEARCH, "ema": None},
                    "mmrex": {"anneal_iters": RandInt(50, 250)}},
     steps=500,
     eval_every=100,

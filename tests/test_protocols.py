@@ -210,3 +210,15 @@ def test_the_cli_warns_once_for_a_run_and_for_a_sweep(cli, tmp_path):
     assert status.returncode == 0, status.stderr
     assert [line for line in status.stderr.splitlines() if "warning" in line] == [expected + ": its values were "
                                                                                              "tuned for other data"]
+
+
+def test_irm_paper_fishr_is_the_fishr_codes_colored_mnist_run():
+    # Rame et al. 2022's Colored MNIST code: IRM's tuned run, no moving average (in every
+    # draw), summed distance, weight 1.0 before the anneal, loss divided by the weight
+    spec = make_spec("cfmnist_irm", "fishr", device="cpu")
+    assert {k: spec.hparams[k] for k in ("hidden_dim", "lr", "l2", "anneal_iters", "penalty_weight")} == {
+        "hidden_dim": 390, "lr": 0.0004898536566546834, "l2": 0.00110794568, "anneal_iters": 190,
+        "penalty_weight": 91257.18613115903}
+    assert (spec.hparams["ema"], spec.hparams["distance"], spec.hparams["warmup_weight"]) == (0.0, "sum", 1.0)
+    assert (spec.hparams["scale_loss"], spec.hparams["reset_optimizer"]) == (True, False)
+    assert all(make_spec("cfmnist_irm", "fishr", hparams_seed=s, device="cpu").hparams["ema"] == 0.0 for s in (1, 2, 3))
