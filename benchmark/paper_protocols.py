@@ -7,7 +7,7 @@ defaults and searches, with the protocol's values for every method.
 
 from __future__ import annotations
 
-from invbench.hparams import LogUniform, RandInt
+from invbench.hparams import LogUniform, RandInt, Uniform
 from invbench.protocol import Protocol, register
 from invbench.results.selection import LAST, TRAINING_DOMAIN
 
@@ -125,7 +125,12 @@ register(Protocol(
     name="linear-unit-tests",
     description="the linear unit tests for invariance (Aubin et al. 2021): full batch, 10,000 steps",
     datasets=("example1", "example1s", "example2", "example2s", "example3", "example3s"),
-    hparams={"batch_size": 0},
+    # the code's ERM / IRMv1 / IGA: Adam, lr 1e-3 searched 10^U(-4, -2), weight decay searched 10^U(-6, -2)
+    hparams={"batch_size": 0, "lr": 1e-3, "weight_decay": 0.0, "l2": 0.0},
+    search={"lr": LogUniform(-4, -2), "weight_decay": LogUniform(-6, -2), "l2": None},
+    # its AND-mask: plain gradient descent on the masked gradients, with wider searches
+    method_hparams={"andmask": {"variant": "unit_tests", "tau": 0.9}},
+    method_search={"andmask": {"tau": Uniform(0.8, 1.0), "lr": LogUniform(-4, 0), "weight_decay": LogUniform(-5, 0)}},
     steps=10_000,
     eval_every=1000,
 ))

@@ -222,3 +222,16 @@ def test_irm_paper_fishr_is_the_fishr_codes_colored_mnist_run():
     assert (spec.hparams["ema"], spec.hparams["distance"], spec.hparams["warmup_weight"]) == (0.0, "sum", 1.0)
     assert (spec.hparams["scale_loss"], spec.hparams["reset_optimizer"]) == (True, False)
     assert all(make_spec("cfmnist_irm", "fishr", hparams_seed=s, device="cpu").hparams["ema"] == 0.0 for s in (1, 2, 3))
+
+
+def test_linear_unit_tests_protocol_has_the_codes_searches_and_its_and_mask():
+    # Aubin et al.'s code: Adam lr 1e-3 (10^U(-4, -2)), weight decay 0 (10^U(-6, -2)); AND-mask
+    # by plain gradient descent, tau 0.9 (U(0.8, 1)), lr 10^U(-4, 0), weight decay 10^U(-5, 0)
+    space = hparam_space("erm", "example2")
+    assert (space["lr"].default, str(space["lr"].search)) == (1e-3, str(LogUniform(-4, -2)))
+    assert str(space["weight_decay"].search) == str(LogUniform(-6, -2)) and space["l2"].search is None
+    andmask = hparam_space("andmask", "example2s")
+    assert (andmask["variant"].default, andmask["tau"].default) == ("unit_tests", 0.9)
+    assert str(andmask["lr"].search) == str(LogUniform(-4, 0))
+    draws = [make_spec("example1", "andmask", hparams_seed=s, device="cpu").hparams for s in range(1, 30)]
+    assert all(0.8 <= d["tau"] <= 1.0 and 1e-4 <= d["lr"] <= 1.0 and 1e-5 <= d["weight_decay"] <= 1.0 for d in draws)
