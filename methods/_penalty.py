@@ -10,6 +10,8 @@ drive the first steps under the large one. Both remedies are options here.
 
 The schedule is a pure function of the step, so a resumed run follows it exactly without
 any saved state. Each run of a pack has its own weight and anneal step (per-run tensors).
+IB-ERM and IB-IRM use the same schedule for their information bottleneck, with weight 0
+before its own anneal step (invbench.methods._bottleneck).
 """
 
 from __future__ import annotations
