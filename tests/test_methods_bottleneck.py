@@ -8,6 +8,7 @@ hand from a real packed MLP's weights.
 """
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -317,6 +318,22 @@ def test_features_of_a_linear_model_warn_that_the_penalty_is_a_constant():
 def test_a_schedule_that_never_applies_warns(method, overrides, message):
     with pytest.warns(HParamWarning, match=message):
         make_spec("linear_sem", method, steps=50, overrides=overrides)
+
+
+@pytest.mark.parametrize("name", ["iberm", "ibirm", "sd"])
+def test_declared_hyperparameters_draw_valid_values_and_the_docstring_cites_the_paper(name):
+    from invbench.hparams import draw
+    from invbench.registry import METHODS
+
+    cls = METHODS.get(name)
+    assert re.search(r"\((19|20)\d\d\)", cls.__doc__)
+    for seed in range(5):
+        for key, value in draw(cls.hparams, seed).items():
+            assert cls.hparams[key].validate(key, value) == value
+    searched = {key for key, hp in cls.hparams.items() if hp.search is not None}
+    assert searched == {"iberm": {"ib_weight", "ib_anneal_iters"},
+                        "ibirm": {"penalty_weight", "anneal_iters", "ib_weight", "ib_anneal_iters"},
+                        "sd": {"sd_reg"}}[name]  # DomainBed's searches, no more
 
 
 @pytest.mark.parametrize("method, name, value, message", [
