@@ -10,6 +10,8 @@ drive the first steps under the large one. Both remedies are options here.
 
 The schedule is a pure function of the step, so a resumed run follows it exactly without
 any saved state. Each run of a pack has its own weight and anneal step (per-run tensors).
+IB-ERM and IB-IRM use the same schedule for their information bottleneck, with weight 0
+before its own anneal step (invbench.methods._bottleneck).
 """
 
 from __future__ import annotations
@@ -44,16 +46,22 @@ DOMAINBED_ANNEAL_SEARCH = LogUniform(0, 4, integer=True)
 class PenaltySchedule:
     """The schedule of every run of a pack: weights, anneal steps and divisors per run."""
 
-    def __init__(self, hp: Any, device: torch.device | None = None):
-        """``hp``: the method's RunHParams (scale_loss and reset_optimizer shared by the pack)."""
+    def __init__(self, hp: Any, device: torch.device | None = None, *, weight: str = "penalty_weight",
+                 anneal: str = "anneal_iters", before: float = 1.0, divides: bool = True):
+        """``hp``: the method's RunHParams (scale_loss and reset_optimizer shared by the pack).
+        ``weight`` and ``anneal`` name the hyperparameters; ``before`` is the weight before
+        the anneal step (1.0 in the IRM and REx codes, 0 for the information bottleneck of
+        Ahuja et al. 2021); ``divides=False``: this schedule never divides the loss (and
+        does not read scale_loss)."""
         values = hp.values
         device = device or torch.device("cpu")
         # float64: the configured weight exactly (91257.18613115903 is logged as such); the
         # loss uses it in its own dtype (invbench.method.compose_loss)
-        self.penalty_weight = torch.tensor([float(v) for v in values("penalty_weight")], dtype=torch.float64,
+        self.penalty_weight = torch.tensor([float(v) for v in values(weight)], dtype=torch.float64,
                                            device=device)
-        self.anneal_iters = torch.tensor([int(v) for v in values("anneal_iters")], device=device)
-        self.scale_loss = bool(hp["scale_loss"])
+        self.anneal_iters = torch.tensor([int(v) for v in values(anneal)], device=device)
+        self.before = float(before)
+        self.scale_loss = divides and bool(hp["scale_loss"])
         self.reset_optimizer = bool(hp["reset_optimizer"])
 
     def to(self, device: torch.device) -> "PenaltySchedule":
@@ -61,8 +69,9 @@ class PenaltySchedule:
         return self
 
     def weight(self, step: int) -> torch.Tensor:
-        """(R,): 1.0 before a run's anneal_iters updates (the codes' "not 0"), its weight after."""
-        return torch.where(self.anneal_iters <= step, self.penalty_weight, torch.ones_like(self.penalty_weight))
+        """(R,): ``before`` (1.0: the codes' "not 0") before a run's anneal_iters updates, its weight after."""
+        return torch.where(self.anneal_iters <= step, self.penalty_weight,
+                           torch.full_like(self.penalty_weight, self.before))
 
     def divide_by(self, step: int) -> torch.Tensor:
         """(R,): what each run's whole loss is divided by: its weight when scale_loss and it exceeds 1."""
