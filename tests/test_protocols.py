@@ -235,3 +235,18 @@ def test_linear_unit_tests_protocol_has_the_codes_searches_and_its_and_mask():
     assert str(andmask["lr"].search) == str(LogUniform(-4, 0))
     draws = [make_spec("example1", "andmask", hparams_seed=s, device="cpu").hparams for s in range(1, 30)]
     assert all(0.8 <= d["tau"] <= 1.0 and 1e-4 <= d["lr"] <= 1.0 and 1e-5 <= d["weight_decay"] <= 1.0 for d in draws)
+
+
+def test_irm_paper_sd_is_the_gradient_starvation_papers_colored_mnist_run():
+    spec = make_spec("cfmnist_irm", "sd", device="cpu")
+    assert spec.steps == 2000 and spec.model == "mlp"
+    assert {k: spec.hparams[k] for k in ("hidden_dim", "lr", "l2", "sd_reg", "sd_anneal_iters")} == {
+        "hidden_dim": 300, "lr": 1e-4, "l2": 0.0, "sd_reg": 2e-5, "sd_anneal_iters": 450}
+    assert make_spec("cfmnist_irm", "erm", device="cpu").steps == 500  # the others keep the protocol's
+
+
+@pytest.mark.parametrize("method", ["ibirm", "iberm"])
+def test_linear_unit_tests_put_the_bottleneck_on_the_output(method):
+    # a linear featurizer is the identity: Ahuja et al.'s unit tests penalise the output's variance
+    assert make_spec("example3s", method, device="cpu").hparams["bottleneck"] == "logits"
+    assert hparam_space(method, "cmnist_domainbed")["bottleneck"].default == "features"
