@@ -37,7 +37,8 @@ def test_plots_and_html_report(invbench, tmp_path):
                               "--html", tmp_path / "report.html")
     assert code == 0 and "wrote" in err
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
-    assert names == [f"linear_sem-synthetic_n_600_-last-{k}.png" for k in ("curves", "envs", "heatmap")]
+    assert names == [f"linear_sem-synthetic_n_600_-last-{k}.{fmt}" for k in ("curves", "envs", "heatmap")
+                     for fmt in ("pdf", "png", "svg")]
     assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 3
 
 
