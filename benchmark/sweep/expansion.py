@@ -32,13 +32,13 @@ def expand(config: SweepConfig, *, note: Callable[[str], None] | None = None) ->
         family = DATASETS.get(entry.name)
         options = family.resolve_options(entry.options)
         plan.append((entry, options, _test_env_sets(family, options, entry.test_envs)))
-    total = check_size(config, sum(len(sets) for _, _, sets in plan))
+    total = check_size(config, sum(len(sets) * len(entry.methods or config.methods) for entry, _, sets in plan))
     if note is not None and total > NOTE_ABOVE:
         note(f"expanding {total:,} runs ...")
     specs, seen = [], set()
     for entry, options, test_env_sets in plan:
         for test_envs in test_env_sets:
-            for method in config.methods:
+            for method in (m for m in config.methods if not entry.methods or m in entry.methods):
                 overrides = {**config.hparams, **entry.hparams, **config.method_hparams.get(method, {})}
                 overrides = _relevant(overrides, method, entry.name, config)
                 for draw in range(config.hparam_draws):
@@ -56,13 +56,14 @@ def expand(config: SweepConfig, *, note: Callable[[str], None] | None = None) ->
     return specs
 
 
-def check_size(config: SweepConfig, test_env_sets: int) -> int:
-    """The number of runs (before duplicates are dropped); ConfigError above MAX_RUNS."""
-    total = test_env_sets * len(config.methods) * config.hparam_draws * config.trials
+def check_size(config: SweepConfig, method_sets: int) -> int:
+    """The number of runs (before duplicates are dropped); ConfigError above MAX_RUNS.
+    ``method_sets``: the (test-environment set, method) pairs over the dataset entries."""
+    total = method_sets * config.hparam_draws * config.trials
     if total > MAX_RUNS:
         raise ConfigError(
-            f"the sweep would expand to {total:,} runs ({test_env_sets} test-environment set(s) over "
-            f"{len(config.datasets)} dataset(s) x {len(config.methods)} method(s) x {config.hparam_draws:,} "
+            f"the sweep would expand to {total:,} runs ({method_sets} pair(s) of test-environment set and "
+            f"method over {len(config.datasets)} dataset(s) x {config.hparam_draws:,} "
             f"hparam_draws x {config.trials:,} trials), more than the limit of {MAX_RUNS:,}; "
             f"lower trials or hparam_draws, or split the sweep")
     return total

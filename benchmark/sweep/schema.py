@@ -303,6 +303,9 @@ class DatasetEntry:
     eval_every: int | None = key(Integer(1), "overrides the sweep's eval_every for this dataset")
     holdout_fraction: float | None = key(Fraction(), "overrides the sweep's holdout_fraction for this dataset")
     hparams: Mapping[str, Any] = key(Table(), "hyperparameter values for this dataset's runs", factory=dict)
+    # e.g. the IRM paper's SEMs: pooled ERM trains on every environment, IRM holds one out
+    methods: tuple[str, ...] = key(Names(), "only these of the sweep's methods train on this entry "
+                                            "(default: all of them)", ())
 
 
 @dataclass(frozen=True)
@@ -368,6 +371,11 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "<sweep>", default_nam
     stray = sorted(set(values.get("method_hparams", {})) - set(values.get("methods", ())))
     if stray and "methods" in values:
         problems.append(f"[method_hparams] names {stray}, which are not in methods = {list(values['methods'])}")
+    for i, entry in enumerate(values.get("datasets", ())):
+        outside = [m for m in entry.methods if m not in values.get("methods", ())]
+        if outside and "methods" in values:
+            problems.append(f"datasets[{i}].methods names {outside}, which are not in methods = "
+                            f"{list(values['methods'])}")
     _raise(problems, source)
     return SweepConfig(**values, source=source)
 
