@@ -8,6 +8,7 @@ expanding for minutes.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Mapping
 
 from invbench.errors import ConfigError
@@ -32,7 +33,8 @@ def expand(config: SweepConfig, *, note: Callable[[str], None] | None = None) ->
         family = DATASETS.get(entry.name)
         options = family.resolve_options(entry.options)
         plan.append((entry, options, _test_env_sets(family, options, entry.test_envs)))
-    total = check_size(config, sum(len(sets) * len(entry.methods or config.methods) for entry, _, sets in plan))
+    total = check_size(config, sum(len(sets) * sum(len(grid_points(config, m)) for m in entry.methods or config.methods)
+                                   for entry, _, sets in plan))
     if note is not None and total > NOTE_ABOVE:
         note(f"expanding {total:,} runs ...")
     specs, seen = [], set()
@@ -41,29 +43,37 @@ def expand(config: SweepConfig, *, note: Callable[[str], None] | None = None) ->
             for method in (m for m in config.methods if not entry.methods or m in entry.methods):
                 overrides = {**config.hparams, **entry.hparams, **config.method_hparams.get(method, {})}
                 overrides = _relevant(overrides, method, entry.name, config)
-                for draw in range(config.hparam_draws):
-                    for trial in range(config.trials):
-                        spec = make_spec(
-                            entry.name, method, dataset_options=options, test_envs=test_envs, trial=trial,
-                            hparams_seed=draw, overrides=overrides, preset=config.preset,
-                            steps=entry.steps or config.steps, eval_every=entry.eval_every or config.eval_every,
-                            holdout_fraction=_first(entry.holdout_fraction, config.holdout_fraction),
-                            model=config.model, data_dir=config.data_dir, device=config.device,
-                        )
-                        if spec.run_id not in seen:
-                            seen.add(spec.run_id)
-                            specs.append(spec)
+                for point, draw, trial in itertools.product(grid_points(config, method), range(config.hparam_draws),
+                                                            range(config.trials)):
+                    spec = make_spec(
+                        entry.name, method, dataset_options=options, test_envs=test_envs, trial=trial,
+                        hparams_seed=draw, overrides={**overrides, **point}, preset=config.preset,
+                        steps=entry.steps or config.steps, eval_every=entry.eval_every or config.eval_every,
+                        holdout_fraction=_first(entry.holdout_fraction, config.holdout_fraction),
+                        model=config.model, data_dir=config.data_dir, device=config.device,
+                    )
+                    if spec.run_id not in seen:
+                        seen.add(spec.run_id)
+                        specs.append(spec)
     return specs
+
+
+def grid_points(config: SweepConfig, method: str) -> list[dict[str, Any]]:
+    """Every combination of the method's [method_grid] values ([{}]: no grid), in file order."""
+    grid = config.method_grid.get(method, {})
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
 def check_size(config: SweepConfig, method_sets: int) -> int:
     """The number of runs (before duplicates are dropped); ConfigError above MAX_RUNS.
-    ``method_sets``: the (test-environment set, method) pairs over the dataset entries."""
+    ``method_sets``: the (test-environment set, method, grid point) triples over the dataset
+    entries."""
     total = method_sets * config.hparam_draws * config.trials
     if total > MAX_RUNS:
         raise ConfigError(
             f"the sweep would expand to {total:,} runs ({method_sets} pair(s) of test-environment set and "
-            f"method over {len(config.datasets)} dataset(s) x {config.hparam_draws:,} "
+            f"method (grid points counted) over {len(config.datasets)} dataset(s) x {config.hparam_draws:,} "
             f"hparam_draws x {config.trials:,} trials), more than the limit of {MAX_RUNS:,}; "
             f"lower trials or hparam_draws, or split the sweep")
     return total
