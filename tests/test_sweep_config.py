@@ -197,7 +197,9 @@ def test_missing_file_lists_the_shipped_sweeps(tmp_path):
         load_sweep(bad)
 
 
-EXPECTED_FILES = {"demo", "cmnist_irm", "cmnist_domainbed", "cfmnist_irm", "linear_sem", "linear_unit_tests"}
+EXPECTED_FILES = {"demo", "cmnist_irm", "cmnist_domainbed", "cfmnist_irm", "linear_sem", "linear_unit_tests",
+                  "reproduce_unit_tests", "reproduce_irm_sem", "reproduce_cfmnist_irm", "reproduce_cmnist_irm",
+                  "reproduce_cfmnist_domainbed"}
 
 
 def test_example_sweep_files_are_shipped():

@@ -102,7 +102,10 @@ def compare(published: list[Published], board: Any, results: Any, dataset_map: d
         if not labels:
             out.append(Comparison(item, None, None, 0, 1.0, "no runs of this dataset"))
             continue
-        cell = frame[frame["dataset"].isin(labels) & (frame["method"] == item.row) & (frame["column"] == item.column)]
+        # an extra column of a table with several environment columns reads "NAME (ENV)"
+        column = frame["column"]
+        named = (column == item.column) | column.str.startswith(item.column + " (")
+        cell = frame[frame["dataset"].isin(labels) & (frame["method"] == item.row) & named]
         if cell.empty:
             out.append(Comparison(item, None, None, 0, 1.0, "no value in our leaderboard"))
             continue

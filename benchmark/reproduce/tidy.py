@@ -62,7 +62,7 @@ def export(results: Any, folder: Path, keep: str) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".partial")
         part.sort_values(["run", "step", "kind", "env", "split", "metric"]).to_csv(
-            temporary, index=False, compression="gzip", float_format="%.10g")
+            temporary, index=False, compression={"method": "gzip", "mtime": 0})  # floats in full; same bytes, same file
         temporary.replace(path)  # never half a file where a finished chunk was
         written.append(path)
     return written
@@ -74,9 +74,12 @@ def load(folder: Path) -> Any:
 
     from invbench.results.load import RUN_COLUMNS, Results
 
+    from invbench.errors import ConfigError
+
     files = sorted((folder / TIDY_FOLDER).glob("*.csv.gz"))
     if not files:
-        raise FileNotFoundError(f"no tidy results in {folder / TIDY_FOLDER}")
+        raise ConfigError(f"no tidy results in {folder / TIDY_FOLDER}: run the reproduction (or a chunk of it) "
+                          f"first; --report-only only rebuilds from them")
     records = pd.concat([pd.read_csv(f, keep_default_na=False, na_values=[""]) for f in files], ignore_index=True)
     for column in LIST_COLUMNS:
         records[column] = records[column].map(lambda text: tuple(json.loads(text)))
