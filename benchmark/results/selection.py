@@ -280,7 +280,7 @@ class ConfigurationAcrossTrials(SelectionStrategy):
     """
 
     name = CONFIG_ACROSS_TRIALS
-    title = "one configuration per dataset and method across trials (final iterate, summed validation)"
+    title = "one configuration per dataset and method across trials, by summed validation at the final iterate"
 
     def select(self, candidates, test_envs, env):
         return self.select_cell({0: candidates}, test_envs, env)[0]
@@ -339,7 +339,7 @@ class TestEnvironmentLast(SelectionStrategy):
     """
 
     name = TEST_ENV_LAST
-    title = "test environment at the last checkpoint (the IRM paper's SEM selection)"
+    title = "test environment at the last checkpoint, the IRM paper's SEM selection"
 
     def select(self, candidates, test_envs, env):
         runs = self._same_test_set(candidates, test_envs)
