@@ -24,6 +24,7 @@ A strategy that cannot choose returns ``Missing`` with a reason for people.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar, Mapping, Sequence
@@ -332,10 +333,11 @@ class TestEnvironmentLast(SelectionStrategy):
     The IRM paper's SEM selection (Arjovsky et al. 2019, its synthetic experiments:
     code/experiment_synthetic/models.py of facebookresearch/InvariantRiskMinimization): per
     repetition, its IRM trains on sigma 0.2 and 2 and picks the regulariser by the squared
-    error of the final iterate on the whole sigma = 5 environment, without a val split. The score chosen by is the reported one (the test
-    environment's "train" split, all of its data when nothing is held out; its "test" split
-    when the dataset has one), so the number is optimistic as the test-domain oracle's is,
-    which instead selects on a held-out "val" split. Ties go to the lowest hyperparameter seed.
+    error of the final iterate on the whole sigma = 5 environment, without a val split. It
+    chooses by the reported score itself (the test environment's "train" split, all of its
+    data when nothing is held out; its "test" split when the dataset has one), so the number
+    is optimistic, as the test-domain oracle's is, which selects on a held-out "val" split
+    instead. Ties go to the lowest hyperparameter seed.
     """
 
     name = TEST_ENV_LAST
@@ -349,7 +351,7 @@ class TestEnvironmentLast(SelectionStrategy):
             return Missing(f"{NO_TEST_ENV}: this selection picks by a test environment's score")
         best: tuple[float, Candidate, int] | None = None
         for c in runs:
-            value = c.final[(env, c.report_split(env))]
+            value = c.final.get((env, c.report_split(env)), math.nan)
             if value != value:
                 continue
             if best is None or c.utility(value) > best[0]:
