@@ -30,9 +30,8 @@ def _slug(text: str) -> str:
 
 
 def _scores(board, table):
-    frame = board.per_trial
-    sub = frame[(frame["dataset"] == table.dataset) & (frame["source"] == table.source)
-                & (frame["metric"] == table.metric)].copy()
+    frame = table.per_trial_of(board.per_trial)
+    sub = frame[frame["metric"] == table.metric].copy()
     sub["value"] = sub["value"] * metric(table.metric).scale
     return sub
 
@@ -47,7 +46,7 @@ def env_bars(board, table):
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(envs) + 2), 3.6))
     sns.barplot(data=data, x="column", y="value", hue="method", order=envs, errorbar="se", ax=ax,
                 hue_order=sorted(data["method"].unique()), capsize=0.1)
-    ax.set_xlabel("test environment")
+    ax.set_xlabel("environment" if table.trained_on_every_env else "test environment")
     ax.set_ylabel(metric(table.metric).label)
     ax.set_title(f"{table.dataset} ({board.selection_title})", fontsize=10)
     ax.legend(title="method", fontsize=8)
@@ -69,7 +68,7 @@ def heatmap(board, table):
     sns.heatmap(grid, annot=True, fmt=meaning.digits,
                 cmap="viridis" if meaning.higher_is_better is not False else "viridis_r",
                 cbar_kws={"label": meaning.label}, ax=ax)
-    ax.set_xlabel("test environment")
+    ax.set_xlabel("environment" if table.trained_on_every_env else "test environment")
     ax.set_ylabel("method")
     ax.set_title(f"{table.dataset} ({board.selection_title})", fontsize=10)
     fig.tight_layout()
@@ -81,8 +80,8 @@ def curves(board, table, records):
     import seaborn as sns
 
     plt = _pyplot()
-    chosen = board.per_trial[(board.per_trial["dataset"] == table.dataset) & (board.per_trial["source"] == table.source)
-                             & (board.per_trial["metric"] == table.metric)]
+    chosen = table.per_trial_of(board.per_trial)
+    chosen = chosen[chosen["metric"] == table.metric]
     runs = set(chosen["run"])
     sub = records[records["run"].isin(runs)]
     evals = sub[(sub["kind"] == "eval") & (sub["metric"] == table.metric) & (sub["split"] == TRAIN)].copy()
@@ -120,7 +119,7 @@ def write_plots(board, records, out_dir: Path | str) -> list[Path]:
     for table in board.tables:
         if _scores(board, table).empty:
             continue  # nothing selected: the table says why
-        stem = _slug(f"{table.dataset}-{table.source}-{board.selection}")
+        stem = _slug(f"{table.name}-{board.selection}")
         for kind, make in (("envs", lambda: env_bars(board, table)), ("heatmap", lambda: heatmap(board, table)),
                            ("curves", lambda: curves(board, table, records))):
             fig = make()

@@ -46,7 +46,8 @@ def report_html(board, plot_paths: list[Path], title: str = "invbench results") 
         parts.append("<details><summary>Skipped lines and files</summary><ul>"
                      + "".join(f"<li>{esc(n)}</li>" for n in board.notes) + "</ul></details>")
     for table in board.tables:
-        parts.append(f"<section><h2>{esc(table.dataset)} ({esc(table.source)})</h2>")
+        choice = f", {table.choice}" if table.choice else ""
+        parts.append(f"<section><h2>{esc(table.dataset)} ({esc(table.source)}){esc(choice)}</h2>")
         parts.append(table_html(board, table))
         stem_paths = [p for p in plot_paths if Path(p).name.startswith(_stem(table, board))]
         parts += [_img(p) for p in stem_paths]
@@ -58,7 +59,7 @@ def report_html(board, plot_paths: list[Path], title: str = "invbench results") 
 def _stem(table, board) -> str:
     from invbench.results.plots import _slug
 
-    return _slug(f"{table.dataset}-{table.source}-{board.selection}") + "-"
+    return _slug(f"{table.name}-{board.selection}") + "-"
 
 
 def write_report(root: Path | str, out_file: Path | str, selection: str = DEFAULT_SELECTION,
