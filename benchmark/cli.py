@@ -11,7 +11,7 @@ from invbench.errors import InvbenchError
 from invbench.warn import show_warnings_once
 
 # Each module adds its subcommands with register(subparsers) and sets func on them.
-COMMAND_MODULES = ("listing", "run", "sweep", "collect", "compare", "demo")
+COMMAND_MODULES = ("listing", "run", "sweep", "collect", "compare", "reproduce", "demo")
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C

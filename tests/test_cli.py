@@ -43,7 +43,7 @@ def test_run_twice_writes_identical_metric_lines_and_collect_reads_them(cli, tmp
     assert (dir_a / METRICS).read_bytes() == (dir_b / METRICS).read_bytes()
     table = cli("collect", tmp_path / "a", "--selection", "last")  # linear_sem has no val split
     assert table.returncode == 0, table.stderr
-    assert "### linear_sem, source synthetic (n=900), test MSE" in table.stdout
+    assert "### linear_sem, source synthetic (n=900), test environment sigma=5, test MSE" in table.stdout
     last = json.loads((dir_a / METRICS).read_text().splitlines()[-1])
     assert f"| erm | 1 | {last['envs']['sigma=5']['train']['mse']:.4g} |" in table.stdout
 

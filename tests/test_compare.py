@@ -93,7 +93,8 @@ def test_the_rule_line_speaks_of_the_compared_metric_in_its_own_units():
 
 def test_cells_on_one_side_are_listed_not_compared():
     results, only_base, only_cur = compare_frames(frame([0.7, 0.7]), frame([0.7, 0.7], method="irm"))
-    assert results == [] and only_base == [("d", "s", "erm", "e", "acc")] and only_cur == [("d", "s", "irm", "e", "acc")]
+    assert results == [] and only_base == [("d", "s", "e", "erm", "e", "acc")] \
+        and only_cur == [("d", "s", "e", "irm", "e", "acc")]
 
 
 class Result:
@@ -142,7 +143,7 @@ def sweeps(tmp_path_factory):
 def test_compare_passes_on_a_rerun_with_the_same_code(sweeps, invbench):
     result = invbench("compare", sweeps / "baseline", sweeps / "rerun", "--selection", "last")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "| golden_toy | golden_toy (n=750) | erm | e=0.2 | acc | 6/6 |" in result.stdout
+    assert "| golden_toy | golden_toy (n=750) | e=0.2 | erm | e=0.2 | acc | 6/6 |" in result.stdout
     assert "0 regression(s) in 1 compared cell(s)." in result.stdout
 
 

@@ -87,7 +87,7 @@ def test_report_opens_in_headless_chromium_without_errors(report, tmp_path):
 
 def test_demo_summary_writes_report_and_returns_the_markdown_leaderboard(tmp_path):
     text = demo_summary(SWEEP, tmp_path / "demo")
-    assert "### linear_sem, source synthetic (n=600), test MSE (lower is better)" in text
+    assert "### linear_sem, source synthetic (n=600), test environment sigma=5, test MSE (lower is better)" in text
     assert "| irm | 2 | 281.2 ± 27 |" in text  # the golden last-checkpoint value
     assert (tmp_path / "demo" / "report.html").exists()
     assert sorted(p.name.split("-")[-1] for p in (tmp_path / "demo" / "plots").iterdir()) == sorted(

@@ -182,3 +182,72 @@ def test_the_report_says_why_a_table_has_no_figures(tmp_path):
     assert len(board.tables) == 2 and len(plots) == 3
     other = page.split("<h2>other")[1].split("</section>")[0]
     assert "<img" not in other and "no figures: no cell of this table has a value" in other
+
+
+def mixed_sweep(root):
+    """One dataset with both test-set choices, one trial each: runs that held e3 out (MSE on
+    e3: erm 10, irm 20) and runs that trained on every environment (their "test" split:
+    erm 100/200/300, irm 400/500/600 on e1/e2/e3), as the IRM paper's pooled ERM beside IRM."""
+    envs = ("e1", "e2", "e3")
+    for method, held, pooled in (("erm", 10.0, (100.0, 200.0, 300.0)), ("irm", 20.0, (400.0, 500.0, 600.0))):
+        write_run(root, dataset="sem", method=method, envs=envs, test_envs=(2,), task="regression",
+                  records=[record(step, {"e1": {"train": 1.0}, "e2": {"train": 1.0}, "e3": {"train": held}},
+                                  metric="mse") for step in (0, 10, 20)])
+        write_run(root, dataset="sem", method=method, envs=envs, test_envs=(), task="regression",
+                  records=[record(step, {e: {"train": 1.0, "test": v} for e, v in zip(envs, pooled)}, metric="mse")
+                           for step in (0, 10, 20)])
+    results = load_runs(root)
+    return build_leaderboard(results, get_strategy("last")), results.records
+
+
+def bar_heights(ax) -> list[float]:
+    return sorted(round(p.get_height(), 6) for p in ax.patches if p.get_height() > 0)
+
+
+def test_each_test_set_choice_is_drawn_from_its_own_runs_and_says_which_it_is(tmp_path):
+    from invbench.results import plots
+
+    board, _ = mixed_sweep(tmp_path / "runs")
+    held, pooled = board.tables
+    assert not held.trained_on_every_env and pooled.trained_on_every_env
+    # the held-out table's bars are the e3 scores of the runs that held e3 out, nothing pooled
+    fig = plots.env_bars(board, held)
+    assert bar_heights(fig.axes[0]) == [10.0, 20.0]
+    assert fig.axes[0].get_xlabel() == "test environment"
+    assert "trained on every environment" not in fig.axes[0].get_title()
+    # the pooled table: every environment's "test" split, an axis of environments, not test environments
+    fig = plots.env_bars(board, pooled)
+    assert bar_heights(fig.axes[0]) == [100.0, 200.0, 300.0, 400.0, 500.0, 600.0]
+    assert fig.axes[0].get_xlabel() == "environment"
+    assert "trained on every environment" in fig.axes[0].get_title()
+    assert "test split" in fig.axes[0].get_ylabel() and not fig.axes[0].get_ylabel().startswith("test ")
+    heat = plots.heatmap(board, pooled).axes[0]
+    assert heat.get_xlabel() == "environment" and [t.get_text() for t in heat.get_xticklabels()] == ["e1", "e2", "e3"]
+    curves = plots.curves(board, pooled, load_runs(tmp_path / "runs").records)
+    assert [ax.get_title().split(":")[0] for ax in curves.axes] == ["environment e1", "environment e2", "environment e3"]
+    matplotlib.pyplot.close("all")
+
+
+def test_the_report_gives_each_test_set_choice_its_own_section_figures_and_files(tmp_path):
+    from invbench.results.render import to_latex
+    from invbench.results.report import write_report
+
+    mixed_sweep(tmp_path / "runs")
+    board, written = write_report(tmp_path / "runs", tmp_path / "out" / "report.html", selection="last")
+    held, pooled = board.tables
+    names = sorted(p.name for p in (tmp_path / "out" / "plots").iterdir())
+    assert len(names) == 18  # two tables, three figures each, three formats each: none overwritten
+    assert sum("-trained_on_every_env-" in n for n in names) == 9
+    page = (tmp_path / "out" / "report.html").read_text()
+    sections = page.split("<section>")[1:]
+    assert len(sections) == 2
+    assert f"<h2>sem ({held.source}), test environment e3</h2>" in sections[0]
+    assert f"<h2>sem ({pooled.source}), trained on every environment</h2>" in sections[1]
+    for section, choice in zip(sections, ("test environment e3", "trained on every environment")):
+        captions = [c.split("</figcaption>")[0] for c in section.split("<figcaption>")[1:]]
+        assert len(captions) == 3 and all(choice in c for c in captions)
+    assert "trained_on_every_env" not in sections[0] and sections[1].count("trained_on_every_env") == 3
+    # one LaTeX label per table, named by its choice rather than by its order
+    tex = to_latex(board)
+    assert r"\label{tab:sem-synthetic-n-300-last}" in tex
+    assert r"\label{tab:sem-synthetic-n-300-trained-on-every-env-last}" in tex

@@ -197,7 +197,9 @@ def test_missing_file_lists_the_shipped_sweeps(tmp_path):
         load_sweep(bad)
 
 
-EXPECTED_FILES = {"demo", "cmnist_irm", "cmnist_domainbed", "cfmnist_irm", "linear_sem", "linear_unit_tests"}
+EXPECTED_FILES = {"demo", "cmnist_irm", "cmnist_domainbed", "cfmnist_irm", "linear_sem", "linear_unit_tests",
+                  "reproduce_unit_tests", "reproduce_irm_sem", "reproduce_cfmnist_irm", "reproduce_cmnist_irm",
+                  "reproduce_cfmnist_domainbed"}
 
 
 def test_example_sweep_files_are_shipped():
@@ -225,9 +227,10 @@ def test_a_huge_sweep_is_refused_with_its_size_before_anything_is_expanded(monke
     with pytest.raises(ConfigError) as info:
         expand(sweep(trials=100_000_000, methods=["erm", "irm"], datasets=[{"name": "linear_sem", "test_envs": "each"}]))
     assert str(info.value) == (
-        "the sweep would expand to 600,000,000 runs (3 test-environment set(s) over 1 dataset(s) x 2 method(s) x "
-        "1 hparam_draws x 100,000,000 trials), more than the limit of 100,000; lower trials or hparam_draws, "
-        "or split the sweep")
+        "the sweep would expand to 600,000,000 runs (6 pair(s) of test-environment set and method (grid points "
+        "counted) over "
+        "1 dataset(s) x 1 hparam_draws x 100,000,000 trials), more than the limit of 100,000; lower trials or "
+        "hparam_draws, or split the sweep")
     with pytest.raises(ConfigError, match="would expand to 200,000 runs"):
         expand(sweep(hparam_draws=100_000, methods=["erm", "irm"]))
 
@@ -270,3 +273,42 @@ def test_missing_image_data_is_caught_before_launch_in_one_line(tmp_path, monkey
         preflight(expand(config))
     assert str(info.value).startswith("cfmnist_irm: no source could provide fashion-mnist")
     assert "\n" not in str(info.value) and "Tried, in order: 1. data directory: none given" in str(info.value)
+
+
+def test_a_dataset_entry_may_train_only_some_of_the_methods():
+    # the IRM paper's SEMs: pooled ERM on every environment, IRM with sigma = 5 held out
+    config = sweep(methods=["erm", "irm"], trials=2, datasets=[
+        {"name": "linear_sem", "test_envs": [[]], "methods": ["erm"]},
+        {"name": "linear_sem", "test_envs": [[2]]}])
+    pairs = sorted({(s.method, s.test_envs) for s in expand(config)})
+    assert pairs == [("erm", ()), ("erm", (2,)), ("irm", (2,))]
+    assert len(expand(config)) == 6
+
+
+def test_a_dataset_entry_names_only_the_sweeps_methods():
+    with pytest.raises(ConfigError, match=r"datasets\[0\]\.methods names \['vrex'\], which are not in methods"):
+        sweep(methods=["erm"], datasets=[{"name": "linear_sem", "methods": ["vrex"]}])
+
+
+def test_a_method_grid_trains_every_combination_for_every_draw_and_trial():
+    config = sweep(methods=["erm", "irm"], trials=2, hparam_draws=2, datasets=[{"name": "linear_sem"}],
+                   method_grid={"irm": {"penalty_weight": [1.0, 10.0, 100.0], "anneal_iters": [0, 5]}})
+    specs = expand(config)
+    irm = [s for s in specs if s.method == "irm"]
+    assert len(irm) == 3 * 2 * 2 * 2 and len(specs) == len(irm) + 2 * 2
+    points = {(s.hparams["penalty_weight"], s.hparams["anneal_iters"]) for s in irm}
+    assert points == {(w, a) for w in (1.0, 10.0, 100.0) for a in (0, 5)}
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"vrex": {"penalty_weight": [1.0]}}, r"\[method_grid\] names \['vrex'\], which are not in methods"),
+    ({"irm": {"penalty_weight": []}}, "non-empty lists of values"),
+])
+def test_a_bad_method_grid_is_refused_with_what_is_allowed(grid, message):
+    with pytest.raises(ConfigError, match=message):
+        sweep(methods=["erm", "irm"], method_grid=grid)
+
+
+def test_a_grid_value_outside_the_hyperparameters_range_is_refused():
+    with pytest.raises(ConfigError, match="penalty_weight"):
+        expand(sweep(methods=["irm"], method_grid={"irm": {"penalty_weight": [-1.0]}}))

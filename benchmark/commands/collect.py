@@ -1,7 +1,7 @@
 """invbench collect DIR: the leaderboard of the run directories under DIR.
 
-Markdown on stdout by default; --format latex|csv|html; --plots DIR writes the seaborn
-figures; --html FILE writes the self-contained report (tables and plots);
+Markdown on stdout by default; --format latex|csv|html; --plots DIR writes the
+figures (PNG, PDF and SVG); --html FILE writes the self-contained report (tables and plots);
 --save-baseline FILE writes the per-trial values that `invbench compare` reads (an
 existing FILE only with --force: stored baselines are not overwritten by accident).
 
@@ -28,7 +28,7 @@ def register(sub) -> None:
                              + "; default: training-domain validation when the runs have a val split, else the last checkpoint")
     parser.add_argument("--format", "-f", default="md", choices=("md", "latex", "csv", "html"),
                         help="table format on stdout (default md)")
-    parser.add_argument("--plots", metavar="DIR", help="write the plots (PNG) to DIR")
+    parser.add_argument("--plots", metavar="DIR", help="write the figures (PNG, PDF and SVG) to DIR")
     parser.add_argument("--html", metavar="FILE", help="write the self-contained HTML report to FILE")
     parser.add_argument("--save-baseline", metavar="FILE", help="write the per-trial values (CSV) for `invbench compare`")
     parser.add_argument("--force", action="store_true", help="let --save-baseline overwrite an existing FILE")
@@ -86,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
             Path(args.html).write_text(report_html(board, plots))
             print(f"wrote {args.html}", file=sys.stderr)
         if args.plots:
-            print(f"wrote {len(plots)} plot(s) to {args.plots}", file=sys.stderr)
+            print(f"wrote {len(plots)} figure(s) as PNG, PDF and SVG to {args.plots}", file=sys.stderr)
     if args.save_baseline:
         from invbench.results.compare import BASELINE_COLUMNS, save_baseline
 

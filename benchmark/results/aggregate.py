@@ -15,6 +15,14 @@ Which test-environment sets are reported: every single-environment set, and a se
 several environments only when one of its environments has no single-environment runs
 (so the {t, v} runs of leave-one-out serve as helpers and are not columns of their own).
 A column is named by its environment, or "env [test a+b]" when the run held out several.
+
+Runs that trained on every environment (an empty test set: the linear unit tests, the IRM
+paper's pooled ERM) get a table of their own, never merged with the runs of the same
+dataset that held an environment out: its columns are every environment's reported split
+(the unit tests' shuffled "test" split), the average over environments (the unit tests'
+metric) and the worst, then the extras, taken once per trial from the selected run. Every
+table, and every per-trial value, carries its test set (``test_envs``: "sigma=5", "a+b",
+or "none" when every environment trained), so that no two choices are ever compared.
 """
 
 from __future__ import annotations
@@ -26,8 +34,18 @@ from typing import Any
 from invbench.metrics import ACCURACY, metric as metric_meaning
 from invbench.results.load import Results
 from invbench.results.selection import DEFAULT_SELECTION, TRAIN_ENVS, Missing, SelectionStrategy, candidates_from
+from invbench.splits import SPLITS, TRAIN
 
 AVG, WORST = "avg", "worst"
+# The test_envs text of runs that trained on every environment, and of a table's columns
+# that each hold out their own set (a table's average and worst over them).
+NO_TEST_ENVS, EACH = "none", "each"
+PER_TRIAL_COLUMNS = ["dataset", "source", "method", "column", "metric", "trial", "value", "run", "step", "test_envs"]
+
+
+def test_envs_text(test_envs: tuple[str, ...]) -> str:
+    """A test set as people and CSV files read it: "sigma=5", "a+b", or "none" (every environment trained)."""
+    return "+".join(test_envs) if test_envs else NO_TEST_ENVS
 
 
 @dataclass(frozen=True)
@@ -41,17 +59,61 @@ class Cell:
 
 @dataclass
 class Table:
-    """One leaderboard: a (dataset, source) pair, methods as rows."""
+    """One leaderboard: a (dataset, source) pair and one test-set choice, methods as rows.
+
+    The choice (``test_envs``): "none" when every environment trained (each environment's
+    reported split a column), one test set ("sigma=5", "a+b"), or "each" when every
+    column holds out its own environment (DomainBed's tables).
+    """
 
     dataset: str
     source: str
     metric: str  # "acc" or "mse"
     columns: list[str]  # the value columns, in order (envs, avg, worst, extras)
     rows: dict[str, tuple[int, dict[str, Cell]]]  # method -> (trials, column -> cell)
+    test_envs: str = EACH
+    column_test_envs: dict[str, str] = field(default_factory=dict)  # a column's test set, where not test_envs
+    reported_split: str = ""  # with test_envs "none": the split every column reports
+
+    @property
+    def trained_on_every_env(self) -> bool:
+        return self.test_envs == NO_TEST_ENVS
+
+    @property
+    def choice(self) -> str:
+        """Which environments trained, for people; "" when each column holds out its own."""
+        if self.trained_on_every_env:
+            return "trained on every environment"
+        if self.test_envs == EACH:
+            return ""
+        plural = "s" if "+" in self.test_envs else ""
+        return f"test environment{plural} {self.test_envs}"
 
     @property
     def title(self) -> str:
-        return f"{self.dataset}, source {self.source}, test {metric_meaning(self.metric).heading}"
+        heading = metric_meaning(self.metric).heading
+        if self.trained_on_every_env:
+            split = f" on each environment's {self.reported_split} split" if self.reported_split else ""
+            return f"{self.dataset}, source {self.source}, {self.choice}, {heading}{split}"
+        choice = f"{self.choice}, " if self.choice else ""
+        return f"{self.dataset}, source {self.source}, {choice}test {heading}"
+
+    @property
+    def name(self) -> str:
+        """Names the table among a leaderboard's (its files' stem): dataset, source and, when
+        every environment trained, so (a sweep may hold both choices)."""
+        every = "-trained_on_every_env" if self.trained_on_every_env else ""
+        return f"{self.dataset}-{self.source}{every}"
+
+    def column_test_envs_of(self, column: str) -> str:
+        """The test set of one column's values (its own, or the table's)."""
+        return self.column_test_envs.get(column, self.test_envs)
+
+    def per_trial_of(self, per_trial):
+        """The rows of a leaderboard's per-trial frame that are this table's values."""
+        sets = {self.test_envs, *self.column_test_envs.values()}
+        return per_trial[(per_trial["dataset"] == self.dataset) & (per_trial["source"] == self.source)
+                         & per_trial["test_envs"].isin(sets)]
 
 
 @dataclass
@@ -59,7 +121,7 @@ class Leaderboard:
     selection: str  # the strategy's name
     selection_title: str
     tables: list[Table]
-    per_trial: Any  # DataFrame: dataset, source, method, column, metric, trial, value, run, step
+    per_trial: Any  # DataFrame: PER_TRIAL_COLUMNS (test_envs: the test set of the value's runs)
     summary: str  # what was loaded and left out
     notes: list[str] = field(default_factory=list)
 
@@ -110,68 +172,103 @@ def build_leaderboard(results: Results, strategy: SelectionStrategy) -> Leaderbo
                 for kind, n in why.items():
                     here[kind] = here.get(kind, 0) + n
         test_sets |= {t for (_, t) in unfinished_here}
-        reported = _reported_sets(test_sets, env_order)
-        env_columns = [(t, e, column_label(t, e)) for t in reported for e in t]
-        methods = sorted(set(sub["method"]) | {m for (m, _) in unfinished_here})
-        rows: dict[str, tuple[int, dict[str, Cell]]] = {}
-        extra_names: set[str] = set()
-        for method in methods:
-            trials = sorted({k[3] for k in candidates if k[:3] == (dataset, source, method)})
-            cells: dict[str, Cell] = {}
-            by_trial: dict[int, dict[str, float]] = {t: {} for t in trials}
-            extras_by_col: dict[str, list[float]] = {}
-            for test_envs, env, label in env_columns:
-                values, reasons = [], []
-                for trial in trials:
-                    pool = candidates[(dataset, source, method, trial)]
-                    if not any(c.test_envs == test_envs for c in pool):
-                        continue
-                    choice = strategy.select(pool, test_envs, env)
-                    if isinstance(choice, Missing):
-                        reasons.append(choice.reason)
-                        continue
-                    values.append(choice.value)
-                    by_trial[trial][label] = choice.value
-                    per_trial_rows.append({"dataset": dataset, "source": source, "method": method,
-                                           "column": label, "metric": metric, "trial": trial,
-                                           "value": choice.value, "run": choice.run, "step": choice.step})
-                    for name, value in choice.extras.items():
-                        if name == TRAIN_ENVS and len(env_columns) > 1:
-                            continue  # one train column per test env would bury the table
-                        extras_by_col.setdefault((name, label), []).append(value)
-                        per_trial_rows.append({"dataset": dataset, "source": source, "method": method,
-                                               "column": f"{name} ({label})", "metric": name, "trial": trial,
-                                               "value": value, "run": choice.run, "step": choice.step})
-                cells[label] = _cell(values, reasons, metric, unfinished_here.get((method, test_envs), {}))
-            if len(env_columns) >= 2:
-                labels = [label for _, _, label in env_columns]
-                complete = [t for t in trials if all(label in by_trial[t] for label in labels)]
-                worst = min if metric_meaning(metric).higher_is_better else max
-                if complete:
-                    note = "" if len(complete) == len(trials) else \
-                        f"over the {len(complete)} trial(s) with every environment"
-                    for name, fn in ((AVG, lambda xs: sum(xs) / len(xs)), (WORST, worst)):
-                        m, se = mean_se([fn([by_trial[t][label] for label in labels]) for t in complete])
-                        cells[name] = Cell(m, se, len(complete), note, metric)
-                else:
-                    reason = "needs a value in every environment column"
-                    cells[AVG] = cells[WORST] = Cell(note=reason, metric=metric)
-            for (name, label), values in extras_by_col.items():
-                key = name if len(env_columns) == 1 else f"{name} ({label})"
-                extra_names.add(key)
-                m, se = mean_se(values)
-                cells[key] = Cell(m, se, len(values), "", metric if name == TRAIN_ENVS else name)
-            n_trials = len({t for t in trials if by_trial[t]})
-            rows[method] = (n_trials, cells)
-        columns = [label for _, _, label in env_columns]
-        if len(env_columns) >= 2:
-            columns += [AVG, WORST]
-        columns += sorted(extra_names, key=lambda name: (not name.startswith(TRAIN_ENVS), name))
-        tables.append(Table(dataset, source, metric, columns, rows))
-    per_trial = pd.DataFrame(per_trial_rows, columns=["dataset", "source", "method", "column", "metric",
-                                                      "trial", "value", "run", "step"])
+        # Runs with a test environment and runs that trained on every environment answer
+        # different questions: never one table (the IRM paper's pooled ERM beside its IRM).
+        held_out = {t for t in test_sets if t}
+        if held_out:
+            tables.append(_table(dataset, source, metric, env_order, held_out, _reported_sets(held_out, env_order),
+                                 candidates, strategy, unfinished_here, per_trial_rows))
+        if () in test_sets:
+            tables.append(_table(dataset, source, metric, env_order, {()}, [()], candidates, strategy,
+                                 unfinished_here, per_trial_rows))
+    per_trial = pd.DataFrame(per_trial_rows, columns=PER_TRIAL_COLUMNS)
     notes = [f"{line}" for line in results.skipped_lines]
     return Leaderboard(strategy.name, strategy.title, tables, per_trial, results.summary(), notes)
+
+
+def _table(dataset: str, source: str, metric: str, env_order: list[str], test_sets: set[tuple[str, ...]],
+           reported: list[tuple[str, ...]], candidates: dict[tuple, list], strategy: SelectionStrategy,
+           unfinished_here: dict[tuple, dict[str, int]], per_trial_rows: list[dict]) -> Table:
+    """The table of one test-set choice: ``test_sets`` are its runs' (helpers included),
+    ``reported`` the sets with columns. Appends its per-trial values to ``per_trial_rows``."""
+    pooled = reported == [()]
+    if pooled:  # every environment trained: each one's reported split is a column
+        env_columns = [((), e, e) for e in env_order]
+    else:
+        env_columns = [(t, e, column_label(t, e)) for t in reported for e in t]
+    table_envs = test_envs_text(reported[0]) if len(reported) == 1 else EACH
+    column_envs = {label: test_envs_text(t) for t, _, label in env_columns}
+    mine = lambda key: key[:2] == (dataset, source)
+    methods = sorted({k[2] for k, pool in candidates.items() if mine(k) and any(c.test_envs in test_sets for c in pool)}
+                     | {m for (m, t) in unfinished_here if t in test_sets})
+    split = ""
+    if pooled:  # the split every column reports (the linear unit tests' shuffled "test" split)
+        splits = {c.report_split(e) for k, pool in candidates.items() if mine(k) for c in pool
+                  if c.test_envs == () for e in env_order if any(c.has(e, s) for s in SPLITS)}
+        split = splits.pop() if len(splits) == 1 else ""
+    # the training environments' mean score: one column beside several test columns would
+    # bury the table, and where every environment reports its "train" split it is the average
+    show_train = len(env_columns) == 1 or (pooled and split != TRAIN)
+    rows: dict[str, tuple[int, dict[str, Cell]]] = {}
+    extra_names: set[str] = set()
+    for method in methods:
+        trials = sorted({k[3] for k, pool in candidates.items()
+                         if k[:3] == (dataset, source, method) and any(c.test_envs in test_sets for c in pool)})
+        cells: dict[str, Cell] = {}
+        by_trial: dict[int, dict[str, float]] = {t: {} for t in trials}
+        extras_by_col: dict[tuple[str, str], list[float]] = {}
+        for test_envs, env, label in env_columns:
+            pools = {trial: candidates[(dataset, source, method, trial)] for trial in trials
+                     if any(c.test_envs == test_envs for c in candidates[(dataset, source, method, trial)])}
+            choices = strategy.select_cell(pools, test_envs, env)
+            values, reasons = [], []
+            for trial in sorted(choices):
+                choice = choices[trial]
+                if isinstance(choice, Missing):
+                    reasons.append(choice.reason)
+                    continue
+                values.append(choice.value)
+                by_trial[trial][label] = choice.value
+                row = {"dataset": dataset, "source": source, "method": method, "trial": trial, "run": choice.run,
+                       "step": choice.step, "test_envs": column_envs[label]}
+                per_trial_rows.append({**row, "column": label, "metric": metric, "value": choice.value})
+                if pooled and label != env_columns[0][2]:
+                    continue  # one run per trial: its extras once, not once per environment
+                for name, value in choice.extras.items():
+                    if name == TRAIN_ENVS and not show_train:
+                        continue
+                    extras_by_col.setdefault((name, label), []).append(value)
+                    column = name if pooled else f"{name} ({label})"
+                    per_trial_rows.append({**row, "column": column, "metric": name, "value": value})
+            cells[label] = _cell(values, reasons, metric, unfinished_here.get((method, test_envs), {}))
+        if len(env_columns) >= 2:
+            labels = [label for _, _, label in env_columns]
+            complete = [t for t in trials if all(label in by_trial[t] for label in labels)]
+            worst = min if metric_meaning(metric).higher_is_better else max
+            if complete:
+                note = "" if len(complete) == len(trials) else \
+                    f"over the {len(complete)} trial(s) with every environment"
+                for name, fn in ((AVG, lambda xs: sum(xs) / len(xs)), (WORST, worst)):
+                    m, se = mean_se([fn([by_trial[t][label] for label in labels]) for t in complete])
+                    cells[name] = Cell(m, se, len(complete), note, metric)
+            else:
+                reason = "needs a value in every environment column"
+                cells[AVG] = cells[WORST] = Cell(note=reason, metric=metric)
+        for (name, label), values in extras_by_col.items():
+            key = name if pooled or len(env_columns) == 1 else f"{name} ({label})"
+            extra_names.add(key)
+            column_envs[key] = column_envs[label]
+            m, se = mean_se(values)
+            cells[key] = Cell(m, se, len(values), "", metric if name == TRAIN_ENVS else name)
+        n_trials = len({t for t in trials if by_trial[t]})
+        rows[method] = (n_trials, cells)
+    columns = [label for _, _, label in env_columns]
+    if len(env_columns) >= 2:
+        columns += [AVG, WORST]
+    columns += sorted(extra_names, key=lambda name: (not name.startswith(TRAIN_ENVS), name))
+    return Table(dataset, source, metric, columns, rows, test_envs=table_envs,
+                 column_test_envs={c: e for c, e in column_envs.items() if c in columns and e != table_envs},
+                 reported_split=split)
 
 
 # Why a cell's runs were left out, in the order its note names them: the note of a cell

@@ -1,7 +1,10 @@
 """Compare current results with a baseline: per cell the change, its SE and Welch's t-test.
 
-A cell is (dataset, source, method, column, metric): a test environment's selected score
-or an extra metric, one value per trial. For each cell present on both sides:
+A cell is (dataset, source, test_envs, method, column, metric): a test environment's
+selected score or an extra metric, one value per trial. ``test_envs`` is the test set the
+value's runs held out ("sigma=5", "a+b", "none" when every environment trained): the runs
+of two test-set choices answer different questions and are never compared. For each cell
+present on both sides:
   change = mean(current) - mean(baseline),
   SE     = sqrt(s_b^2 / n_b + s_c^2 / n_c) (Welch's standard error of the difference),
   p      = Welch's two-sided t-test over trials (scipy.stats.ttest_ind, equal_var=False;
@@ -18,20 +21,24 @@ Identical constant values give p = 1, a constant shift with zero variance p = 0.
 
 Baseline file format (stable; written by ``invbench collect DIR --save-baseline FILE``):
 CSV with the header BASELINE_COLUMNS, one line per (cell, trial); ``value`` is the raw
-value (accuracy as a fraction). Only lines whose ``selection`` matches are compared.
+value (accuracy as a fraction). Only lines whose ``selection`` matches are compared. A
+baseline written before ``test_envs`` was a column holds only runs with a test environment;
+its test sets are read from the column labels ("sigma=5", "b [test b+c]", "causal_error (sigma=5)").
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from invbench.metrics import Metric, metric
 from invbench.results.selection import TRAIN_ENVS
 
-BASELINE_COLUMNS = ["dataset", "source", "selection", "method", "column", "metric", "trial", "value", "run", "step"]
-KEY = ["dataset", "source", "method", "column", "metric"]
+BASELINE_COLUMNS = ["dataset", "source", "selection", "method", "column", "metric", "trial", "value", "run", "step",
+                    "test_envs"]
+KEY = ["dataset", "source", "test_envs", "method", "column", "metric"]
 
 
 VERDICTS = ("regression", "worse", "better", "changed", "unchanged", "untested")
@@ -60,9 +67,12 @@ def per_trial_values(source: Path | str, selection: str, include_unfinished: boo
     if not path.is_file():
         raise ConfigError(f"{path} is neither a folder of run directories nor a baseline CSV file")
     try:
-        frame = pd.read_csv(path, dtype={"dataset": str, "source": str, "method": str, "column": str, "metric": str})
+        frame = pd.read_csv(path, dtype={"dataset": str, "source": str, "method": str, "column": str, "metric": str,
+                                         "test_envs": str})
     except (ValueError, pd.errors.ParserError) as exc:
         raise ConfigError(f"{path} is not a readable baseline CSV: {exc}") from None
+    if "test_envs" not in frame.columns and {"column", "metric"} <= set(frame.columns):
+        frame = with_test_envs(frame)
     missing = [c for c in BASELINE_COLUMNS if c not in frame.columns]
     if missing:
         raise ConfigError(f"{path} lacks baseline columns {missing}; expected {', '.join(BASELINE_COLUMNS)} "
@@ -72,6 +82,24 @@ def per_trial_values(source: Path | str, selection: str, include_unfinished: boo
         raise ConfigError(f"{path} has no values for selection {selection!r}; it has "
                           f"{', '.join(sorted(set(frame['selection'])))} (use --selection)")
     return chosen[BASELINE_COLUMNS]
+
+
+def test_envs_of_label(column: str, metric: str) -> str:
+    """The test set of a per-trial column label written before baselines had ``test_envs``:
+    "sigma=5" -> "sigma=5", "b [test b+c]" -> "b+c", "causal_error (b [test b+c])" -> "b+c"."""
+    label = column
+    if column.startswith(f"{metric} (") and column.endswith(")"):  # an extra metric: "name (label)"
+        label = column[len(metric) + 2:-1]
+    held = re.fullmatch(r".* \[test (.+)\]", label)
+    return held.group(1) if held else label
+
+
+def with_test_envs(frame):
+    """``frame`` with its test_envs column; a frame made before they were recorded gets them
+    from its column labels."""
+    if "test_envs" in frame.columns:
+        return frame
+    return frame.assign(test_envs=[test_envs_of_label(c, m) for c, m in zip(frame["column"], frame["metric"])])
 
 
 def baseline_selections(path: Path | str) -> list[str]:
@@ -156,6 +184,7 @@ def compare_frames(base, cur, threshold=None, alpha: float = 0.05):
     regression tracking guards the test numbers.
     """
     base, cur = base[base["metric"] != TRAIN_ENVS], cur[cur["metric"] != TRAIN_ENVS]
+    base, cur = with_test_envs(base), with_test_envs(cur)
     b = {k: list(g["value"]) for k, g in base.groupby(KEY, sort=True)}
     c = {k: list(g["value"]) for k, g in cur.groupby(KEY, sort=True)}
     limits = thresholds_for({key[-1] for key in b}, threshold)
@@ -201,8 +230,8 @@ def comparison_markdown(comparisons, only_base, only_cur, threshold, alpha: floa
     """``threshold`` as for ``compare_frames``; baseline, current, change and SE in display
     units (accuracy in percent)."""
     lines = [rule_text([c.key[-1] for c in comparisons], threshold, alpha), "",
-             "| dataset | source | method | column | metric | n base/cur | baseline | current | change | SE | p | verdict |",
-             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| dataset | source | test envs | method | column | metric | n base/cur | baseline | current | change | SE | p | verdict |",
+             "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for c in comparisons:
         esc = lambda s: str(s).replace("|", "\\|")
         lines.append("| " + " | ".join(map(esc, [*c.key, f"{c.n_base}/{c.n_cur}", _num(c.base_mean, ".4g"),

@@ -13,6 +13,12 @@ values span more than two decades (``log_scale``); accuracy axes stay linear. A 
 without data is not drawn, and a figure without data is not written: ``write_plots``
 returns what it wrote (PNG, PDF and SVG of each figure, with a caption saying what the
 figure shows) and why each figure it did not write is missing.
+
+Each table is drawn from its own rows of the per-trial frame (``Table.per_trial_of``): the
+table of runs that trained on every environment (the linear unit tests, the IRM paper's
+pooled ERM) has one column per environment, says so in its titles, labels and captions,
+and its file names hold "-trained_on_every_env" (``Table.name``), so that the two tables
+of one dataset never overwrite each other's figures.
 """
 
 from __future__ import annotations
@@ -77,20 +83,16 @@ def _log_axis(metric_name: str, values) -> bool:
     return metric(metric_name).higher_is_better is False and log_scale(values)
 
 
-def _table_frame(board, table):
-    """The rows of the leaderboard's per-trial frame that are this table's values."""
-    frame = board.per_trial
-    return frame[(frame["dataset"] == table.dataset) & (frame["source"] == table.source)]
-
-
 def table_stem(board, table) -> str:
-    """The start of a table's figure file names."""
-    return _slug(f"{table.dataset}-{table.source}-{board.selection}")
+    """The start of a table's figure file names (a table whose runs trained on every
+    environment has its own: a sweep may hold both choices of one dataset)."""
+    return _slug(f"{table.name}-{board.selection}")
 
 
 def _scores(board, table):
-    """The table's per-trial scores (no extra metrics), in display units."""
-    frame = _table_frame(board, table)
+    """The table's per-trial scores (no extra metrics), in display units: its own test-set
+    choice only, never the other table of the same dataset and source."""
+    frame = table.per_trial_of(board.per_trial)
     sub = frame[frame["metric"] == table.metric].copy()
     sub["value"] = sub["value"] * metric(table.metric).scale
     return sub
@@ -111,7 +113,26 @@ def _trials_text(data) -> str:
 
 
 def _where(board, table) -> str:
-    return f"{table.dataset} (source {table.source}), {board.selection_title} selection"
+    choice = f", {table.choice}" if table.choice else ""
+    return f"{table.dataset} (source {table.source}{choice}), {board.selection_title} selection"
+
+
+def _env_word(table) -> str:
+    """What a column is: a held-out test environment, or (every environment trained) one of them."""
+    return "environment" if table.trained_on_every_env else "test environment"
+
+
+def _score_words(table, words: str) -> str:
+    """``words`` (a metric's label or heading) as the table's cells report it: the test
+    score, or (every environment trained) each environment's reported split."""
+    if not table.trained_on_every_env:
+        return f"test {words}"
+    return f"{words} on the {table.reported_split} split" if table.reported_split else words
+
+
+def _dataset_title(table) -> str:
+    """The dataset, for a figure's title; a table whose runs trained on every environment says so."""
+    return f"{table.dataset} ({table.choice})" if table.trained_on_every_env else table.dataset
 
 
 def _method_handles(methods, lines: bool):
@@ -161,9 +182,9 @@ def env_bars(board, table):
     long_names = max(map(len, envs)) > 10  # "e=0.1 [test e=0.1+e=0.2]": slanted, so they do not overlap
     ax.set_xticklabels(envs, rotation=20 if long_names else 0, ha="right" if long_names else "center")
     ax.set_xlim(-0.5, len(envs) - 0.5)
-    ax.set_xlabel("test environment")
-    ax.set_ylabel(f"test {meaning.label}" + (" (log scale)" if log else ""))
-    ax.set_title(f"{table.dataset}: {board.selection_title}")
+    ax.set_xlabel(_env_word(table))
+    ax.set_ylabel(_score_words(table, meaning.label) + (" (log scale)" if log else ""))
+    ax.set_title(f"{_dataset_title(table)}: {board.selection_title}")
     ax.legend(handles=_method_handles(methods, lines=False), title=f"error bars:\n{SE_TEXT}",
               loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, title_fontsize=7)
     fig.tight_layout()
@@ -174,7 +195,8 @@ def env_bars_caption(board, table) -> str:
     data = _scores(board, table)
     meaning = metric(table.metric)
     log = _log_axis(table.metric, data["value"])
-    return (f"{_where(board, table)}: test {meaning.heading} of each method in each test environment"
+    return (f"{_where(board, table)}: {_score_words(table, meaning.heading)} of each method in each "
+            f"{_env_word(table)}"
             f"{' (log scale)' if log else ''}. Bars: mean over trials; error bars: {SE_TEXT}; "
             f"{_trials_text(data)}.")
 
@@ -182,7 +204,8 @@ def env_bars_caption(board, table) -> str:
 # Heatmap -------------------------------------------------------------------------------------
 
 def heatmap(board, table):
-    """Mean score per method (rows) and test environment (columns). None when nothing was selected."""
+    """Mean score per method (rows) and test environment (columns; each environment when the
+    table's runs trained on all of them). None when nothing was selected."""
     data = _scores(board, table)
     if data.empty:
         return None
@@ -204,10 +227,11 @@ def heatmap(board, table):
     decimals = shared_decimals(table.metric, values)
     sns.heatmap(grid, annot=True, fmt=f".{decimals}f", norm=norm, annot_kws={"fontsize": 7},
                 cmap="viridis" if meaning.higher_is_better is not False else "viridis_r",
-                cbar_kws={"label": f"mean test {meaning.label}" + (" (log scale)" if log else "")}, ax=ax)
-    ax.set_xlabel("test environment")
+                cbar_kws={"label": f"mean {_score_words(table, meaning.label)}" + (" (log scale)" if log else "")},
+                ax=ax)
+    ax.set_xlabel(_env_word(table))
     ax.set_ylabel("")
-    ax.set_title(f"{table.dataset}: {board.selection_title}")
+    ax.set_title(f"{_dataset_title(table)}: {board.selection_title}")
     fig.tight_layout()
     return fig
 
@@ -216,8 +240,8 @@ def heatmap_caption(board, table) -> str:
     data = _scores(board, table)
     meaning = metric(table.metric)
     log = _log_axis(table.metric, data["value"])
-    return (f"{_where(board, table)}: mean over trials of the test {meaning.heading} of each method (rows) "
-            f"in each test environment (columns); colour{' on a log scale' if log else ''}, "
+    return (f"{_where(board, table)}: mean over trials of the {_score_words(table, meaning.heading)} of each "
+            f"method (rows) in each {_env_word(table)} (columns); colour{' on a log scale' if log else ''}, "
             f"{'brighter' if meaning.higher_is_better is not None else 'higher'} is "
             f"{'better' if meaning.higher_is_better is not None else 'larger'}; {_trials_text(data)}. "
             f"The standard errors are in the table.")
@@ -318,7 +342,7 @@ def curves(board, table, records, data: _CurveData | None = None):
         _draw_lines(ax, score[score["role"] == "test"], methods, "-")
         _draw_lines(ax, score[score["role"] == "train"], methods, "--")
         ax.set_ylabel(meaning.label + (" (log scale)" if score_log else ""))
-        ax.set_title(f"test environment {column}: {meaning.title}")
+        ax.set_title(f"{_env_word(table)} {column}: {meaning.title}")
         if has_penalty:
             penalty = data.penalty[data.penalty["column"] == column]
             if penalty.empty:
@@ -329,16 +353,18 @@ def curves(board, table, records, data: _CurveData | None = None):
                     ax.set_yscale("log")
                 _draw_lines(ax, penalty, methods, "-")
                 ax.set_ylabel("penalty (unweighted)" + (" (log scale)" if penalty_log else ""))
-                ax.set_title(f"test environment {column}: penalty")
+                ax.set_title(f"{_env_word(table)} {column}: penalty")
     for ax in fig.axes:
         ax.set_xlabel("step")
     handles = _method_handles(methods, lines=True) + [
-        Line2D([], [], color="#444444", linestyle="-", label="test environment"),
-        Line2D([], [], color="#444444", linestyle="--", label="training environments"),
+        Line2D([], [], color="#444444", linestyle="-",
+               label="the row's environment" if table.trained_on_every_env else "test environment"),
+        Line2D([], [], color="#444444", linestyle="--",
+               label="mean over every environment" if table.trained_on_every_env else "training environments"),
     ]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
                title=f"bands:\n{SE_TEXT}", title_fontsize=7)
-    fig.suptitle(f"{table.dataset}: training curves of the selected runs ({board.selection_title})")
+    fig.suptitle(f"{_dataset_title(table)}: training curves of the selected runs ({board.selection_title})")
     fig.tight_layout()
     return fig
 
@@ -347,10 +373,12 @@ def curves_caption(board, table, records, data: _CurveData | None = None) -> str
     data = data or _curve_data(board, table, records)
     meaning = metric(table.metric)
     score_log = _log_axis(table.metric, data.score["value"])
-    text = (f"{_where(board, table)}: training curves of the runs the selection picked, one row per test "
-            f"environment. {'Left' if len(data.penalty) else 'Each panel'}: the {meaning.title} on the 'train' split"
-            f"{' (log scale)' if score_log else ''} of the test environment (solid) and the mean over the "
-            f"training environments (dashed) against the step")
+    lines = ("the row's environment (solid) and the mean over every environment (dashed)"
+             if table.trained_on_every_env else
+             "the test environment (solid) and the mean over the training environments (dashed)")
+    text = (f"{_where(board, table)}: training curves of the runs the selection picked, one row per "
+            f"{_env_word(table)}. {'Left' if len(data.penalty) else 'Each panel'}: the {meaning.title} on the "
+            f"'train' split{' (log scale)' if score_log else ''} of {lines} against the step")
     if len(data.penalty):
         log = log_scale(data.penalty["value"])
         text += f"; right: the unweighted penalty{' (log scale)' if log else ''} of the methods that have one"

@@ -235,8 +235,10 @@ def latex_escape(text: str) -> str:
 
 
 def latex_label(board: Leaderboard, table: Table) -> str:
-    """tab:DATASET-SOURCE-SELECTION, in the characters a label may safely hold."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{table.dataset}-{table.source}-{board.selection}").strip("-")
+    """tab:DATASET-SOURCE-SELECTION (with "trained-on-every-env" after the source for a table
+    whose runs trained on every environment: ``Table.name``), in the characters a label may
+    safely hold."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{table.name}-{board.selection}").strip("-")
     return f"tab:{slug}"
 
 
@@ -282,11 +284,13 @@ def to_latex(board: Leaderboard) -> str:
 
 # CSV --------------------------------------------------------------------------------------
 
-CSV_COLUMNS = ["dataset", "source", "selection", "method", "trials", "column", "metric", "mean", "se", "n", "note"]
+CSV_COLUMNS = ["dataset", "source", "selection", "method", "trials", "column", "metric", "mean", "se", "n", "note",
+               "test_envs"]
 
 
 def to_csv(board: Leaderboard) -> str:
-    """Long format, one line per cell, raw values (accuracy as a fraction, full precision)."""
+    """Long format, one line per cell, raw values (accuracy as a fraction, full precision);
+    test_envs: the test set the cell's runs held out ("none": every environment trained)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -296,7 +300,8 @@ def to_csv(board: Leaderboard) -> str:
                 cell = cells.get(column) or _absent(cells, table.metric)
                 writer.writerow([table.dataset, table.source, board.selection, method, trials, column, cell.metric,
                                  "" if cell.mean is None else repr(cell.mean),
-                                 "" if cell.se is None else repr(cell.se), cell.n, cell.note])
+                                 "" if cell.se is None else repr(cell.se), cell.n, cell.note,
+                                 table.column_test_envs_of(column)])
     return buffer.getvalue()
 
 

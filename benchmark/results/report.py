@@ -72,7 +72,8 @@ def report_html(board, plot_paths, title: str = "invbench results") -> str:
         parts.append("<details><summary>Skipped lines and files</summary><ul>"
                      + "".join(f"<li>{esc(n)}</li>" for n in board.notes) + "</ul></details>")
     for table in board.tables:
-        parts.append(f"<section><h2>{esc(table.dataset)} ({esc(table.source)})</h2>")
+        choice = f", {table.choice}" if table.choice else ""
+        parts.append(f"<section><h2>{esc(table.dataset)} ({esc(table.source)}){esc(choice)}</h2>")
         parts.append(table_html(board, table))
         figures, missing = _figures(plot_paths, table, board)
         parts += [_img(*figure) for figure in figures]

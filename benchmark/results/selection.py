@@ -2,8 +2,16 @@
 
 Gulrajani & Lopez-Paz (2021), "In Search of Lost Domain Generalization", section 3 and
 DomainBed's model_selection.py, plus the IRM protocol's last checkpoint (Arjovsky et al.
-2019). Each strategy solves one selection problem: the runs of one cell (dataset, data
-source, method) and one trial, for one test-environment set, reporting one test env.
+2019), the IRM paper's SEM selection on the test environment, and the linear unit tests'
+one configuration across trials (Aubin et al. 2021). Each strategy solves one selection
+problem: the runs of one cell (dataset, data source, method) and one trial, for one
+test-environment set, reporting one env; a strategy that compares trials (one
+configuration for all of them) sees every trial of the cell at once (``select_cell``).
+
+A test set may be empty: every environment trained (the linear unit tests, the IRM
+paper's pooled ERM). Then each environment's reported split is a column, validation runs
+over all of them, and the strategies that need a test environment (leave-one-out, the
+test-domain oracle, the test environment at the last checkpoint) say so.
 
 The reported number, for every strategy: the test environment's score (accuracy, or MSE
 for regression, lower being better) on its "train" split -- all of that environment's
@@ -16,13 +24,16 @@ A strategy that cannot choose returns ``Missing`` with a reason for people.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from functools import cached_property
+from typing import Any, ClassVar, Mapping, Sequence
 
 from invbench.splits import SPLITS, TEST, TRAIN, VAL
 
 # The selection strategies' names: the CLI's --selection choices and the tables' labels.
 TRAINING_DOMAIN, LOO, ORACLE, LAST = "training_domain", "loo", "oracle", "last"
+CONFIG_ACROSS_TRIALS, TEST_ENV_LAST = "config_across_trials", "test_env_last"
 DEFAULT_SELECTION = TRAINING_DOMAIN
 
 
@@ -44,6 +55,16 @@ class Candidate:
 
     def has(self, env: str, split: str) -> bool:
         return (env, split) in self.scores.columns
+
+    @cached_property
+    def last_step(self) -> int:
+        return int(self.scores.index.max())
+
+    @cached_property
+    def final(self) -> dict[tuple[str, str], float]:
+        """(env, split) -> score at the last step: read once, as selecting across trials reads it often."""
+        row = self.scores.to_numpy()[self.scores.index.get_loc(self.last_step)]
+        return dict(zip(self.scores.columns, map(float, row)))
 
     def report_split(self, env: str) -> str:
         return TEST if self.has(env, TEST) else TRAIN
@@ -71,6 +92,7 @@ class Missing:
 NOT_LAUNCHED = "needs runs that were not launched"
 TRAIN_ENVS = "train envs"  # the extra column with the training environments' mean score
 NO_VAL = "no val split"
+NO_TEST_ENV = "no test environment, every environment trained"
 
 
 class SelectionStrategy:
@@ -83,6 +105,16 @@ class SelectionStrategy:
         ``env`` (one of ``test_envs``) is the environment whose score is reported.
         """
         raise NotImplementedError
+
+    def select_cell(self, pools: Mapping[int, Sequence[Candidate]], test_envs: tuple[str, ...], env: str
+                    ) -> dict[int, Selected | Missing]:
+        """Choose for every trial of one cell at once: ``pools`` maps each trial to its runs.
+
+        The aggregator calls this; a strategy whose choice in one trial depends on the
+        others (one configuration for all trials) overrides it. By default each trial is
+        its own selection problem.
+        """
+        return {trial: self.select(pool, test_envs, env) for trial, pool in pools.items()}
 
     @staticmethod
     def _same_test_set(candidates: Sequence[Candidate], test_envs: tuple[str, ...]) -> list[Candidate]:
@@ -142,6 +174,8 @@ class TestDomainOracle(SelectionStrategy):
         runs = self._same_test_set(candidates, test_envs)
         if not runs:
             return Missing("no runs")
+        if not test_envs:
+            return Missing(f"{NO_TEST_ENV}: the test-domain oracle selects on a test environment's val split")
         best: tuple[float, Candidate, int] | None = None
         for c in runs:
             if not c.has(env, VAL):
@@ -191,6 +225,11 @@ class LeaveOneEnvironmentOut(SelectionStrategy):
     title = "leave-one-environment-out"
 
     def select(self, candidates, test_envs, env):
+        if not test_envs:
+            if not self._same_test_set(candidates, test_envs):
+                return Missing("no runs")
+            return Missing(f"{NO_TEST_ENV}: leave-one-out holds out one training environment beside a test "
+                           f"environment")
         if len(test_envs) != 1:
             return Missing(f"{NOT_LAUNCHED}: leave-one-out reports runs with a single test environment")
         base = self._same_test_set(candidates, test_envs)
@@ -227,6 +266,101 @@ class LeaveOneEnvironmentOut(SelectionStrategy):
         return self._report(best[1], best[2], env)
 
 
+class ConfigurationAcrossTrials(SelectionStrategy):
+    """One configuration per cell for every trial: the best validation error summed over the
+    training environments, averaged over the trials, at the final iterate.
+
+    The linear unit tests' selection (Aubin et al. 2021, scripts/collect_results.py of
+    facebookresearch/InvarianceUnitTests): per (dataset, method), the hyperparameter draw
+    whose "val" score summed over the training environments at the last checkpoint is best
+    on average over all data seeds; that draw's score is reported in every trial. A draw's
+    configuration is the same in every trial (it depends on the hyperparameter seed alone),
+    so configurations are matched across trials by ``config``. A configuration is averaged
+    over the trials in which it has a value; one that lacks the chosen configuration's run
+    is missing. Ties go to the lowest hyperparameter seed.
+    """
+
+    name = CONFIG_ACROSS_TRIALS
+    title = "one configuration per dataset and method across trials, by summed validation at the final iterate"
+
+    def select(self, candidates, test_envs, env):
+        return self.select_cell({0: candidates}, test_envs, env)[0]
+
+    def select_cell(self, pools, test_envs, env):
+        runs = {trial: self._same_test_set(pool, test_envs) for trial, pool in pools.items()}
+        out: dict[int, Selected | Missing] = {trial: Missing("no runs") for trial, r in runs.items() if not r}
+        # configuration -> (lowest hparams seed, {trial: (its run, summed val at the last step)})
+        configs: dict[str, tuple[int, dict[int, tuple[Candidate, float]]]] = {}
+        for trial, trial_runs in runs.items():
+            for c in trial_runs:
+                columns = [(e, VAL) for e in c.train_envs]
+                if not columns or not all(c.has(*col) for col in columns):
+                    return {trial: Missing(f"{NO_VAL} in the training environments (this selection needs one; "
+                                           f"--selection last reports the final checkpoint)") for trial in pools}
+                seed, by_trial = configs.setdefault(c.config, (c.hparams_seed, {}))
+                configs[c.config] = (min(seed, c.hparams_seed), by_trial)
+                if trial in by_trial:
+                    continue  # a second run of one configuration in one trial: the lowest seed's counts
+                val = [c.final[col] for col in columns]
+                if not any(v != v for v in val):  # NaN: not evaluated at the last step
+                    by_trial[trial] = (c, sum(val))
+        best: tuple[float, int, str] | None = None  # (mean utility, -seed, config)
+        for config, (seed, by_trial) in configs.items():
+            if not by_trial:
+                continue
+            any_run = next(iter(by_trial.values()))[0]
+            mean = sum(value for _, value in by_trial.values()) / len(by_trial)
+            key = (any_run.utility(mean), -seed, config)
+            if best is None or key[:2] > best[:2] or (key[:2] == best[:2] and config < best[2]):
+                best = key
+        for trial, trial_runs in runs.items():
+            if not trial_runs:
+                continue
+            if best is None:
+                out[trial] = Missing("no evaluated checkpoints")
+            elif trial not in configs[best[2]][1]:
+                out[trial] = Missing(f"the configuration chosen across trials (hparams seed {-best[1]}) has no "
+                                     f"evaluated run in this trial")
+            else:
+                c = configs[best[2]][1][trial][0]
+                out[trial] = self._report(c, c.last_step, env)
+        return out
+
+
+class TestEnvironmentLast(SelectionStrategy):
+    """Per trial, the configuration whose test environment scores best at the last checkpoint.
+
+    The IRM paper's SEM selection (Arjovsky et al. 2019, its synthetic experiments:
+    code/experiment_synthetic/models.py of facebookresearch/InvariantRiskMinimization): per
+    repetition, its IRM trains on sigma 0.2 and 2 and picks the regulariser by the squared
+    error of the final iterate on the whole sigma = 5 environment, without a val split. It
+    chooses by the reported score itself (the test environment's "train" split, all of its
+    data when nothing is held out; its "test" split when the dataset has one), so the number
+    is optimistic, as the test-domain oracle's is, which selects on a held-out "val" split
+    instead. Ties go to the lowest hyperparameter seed.
+    """
+
+    name = TEST_ENV_LAST
+    title = "test environment at the last checkpoint, the IRM paper's SEM selection"
+
+    def select(self, candidates, test_envs, env):
+        runs = self._same_test_set(candidates, test_envs)
+        if not runs:
+            return Missing("no runs")
+        if not test_envs:
+            return Missing(f"{NO_TEST_ENV}: this selection picks by a test environment's score")
+        best: tuple[float, Candidate, int] | None = None
+        for c in runs:
+            value = c.final.get((env, c.report_split(env)), math.nan)
+            if value != value:
+                continue
+            if best is None or c.utility(value) > best[0]:
+                best = (c.utility(value), c, c.last_step)
+        if best is None:
+            return Missing("no evaluated checkpoints")
+        return self._report(best[1], best[2], env)
+
+
 def _best_step(c: Candidate, validation) -> tuple[float, int] | None:
     """(utility, step) of the best evaluated step of one run's validation series; the first
     maximum, so ties go to the earliest step. None when no step was evaluated."""
@@ -247,7 +381,8 @@ def _env_order(c: Candidate) -> list[str]:
 
 
 STRATEGIES: dict[str, type[SelectionStrategy]] = {
-    cls.name: cls for cls in (TrainingDomainValidation, LeaveOneEnvironmentOut, TestDomainOracle, LastCheckpoint)
+    cls.name: cls for cls in (TrainingDomainValidation, LeaveOneEnvironmentOut, TestDomainOracle, LastCheckpoint,
+                              ConfigurationAcrossTrials, TestEnvironmentLast)
 }
 SELECTIONS = tuple(STRATEGIES)
 
@@ -270,19 +405,27 @@ def candidates_from(results) -> dict[tuple, list[Candidate]]:
         return out
     evals = records[(records["kind"] == "eval") & (records["metric"] == records["score"])]
     extras = records[records["kind"] == "extra"]
-    eval_groups = dict(tuple(evals.groupby("run", sort=False)))
-    extra_groups = dict(tuple(extras.groupby("run", sort=False)))
+    eval_groups = _pivot_by_run(evals, ["env", "split"])
+    extra_groups = _pivot_by_run(extras, "metric")
     for row in results.runs.itertuples(index=False):
-        frame = eval_groups.get(row.run)
-        if frame is None:
+        scores = eval_groups.get(row.run)
+        if scores is None:
             continue
-        scores = frame.pivot_table(index="step", columns=["env", "split"], values="value", aggfunc="last")
         order = [e for e in row.env_names if e in scores.columns.get_level_values(0)]
         scores = scores.reindex(columns=[(e, s) for e in order for s in SPLITS if (e, s) in scores.columns])
         ex = extra_groups.get(row.run)
-        ex = ex.pivot_table(index="step", columns="metric", values="value", aggfunc="last") if ex is not None else None
         candidate = Candidate(run=row.run, config=row.config, hparams_seed=row.hparams_seed,
                               test_envs=tuple(row.test_envs), train_envs=tuple(row.train_envs),
                               higher_is_better=metric(row.score).higher_is_better is not False, scores=scores.sort_index(), extras=ex)
         out.setdefault((row.dataset, row.source, row.method, row.trial), []).append(candidate)
     return out
+
+
+def _pivot_by_run(records, columns) -> dict:
+    """run -> its values as a frame (index step, ascending; ``columns`` as columns; a value
+    recorded twice: the last), from one pivot of all runs: a pivot per run costs
+    milliseconds, which thousands of runs (the linear unit tests' sweep) make minutes."""
+    if records.empty:
+        return {}
+    wide = records.pivot_table(index=["run", "step"], columns=columns, values="value", aggfunc="last")
+    return {run: part.droplevel(0).dropna(axis=1, how="all") for run, part in wide.groupby(level=0, sort=False)}

@@ -8,6 +8,7 @@ expanding for minutes.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Mapping
 
 from invbench.errors import ConfigError
@@ -32,37 +33,47 @@ def expand(config: SweepConfig, *, note: Callable[[str], None] | None = None) ->
         family = DATASETS.get(entry.name)
         options = family.resolve_options(entry.options)
         plan.append((entry, options, _test_env_sets(family, options, entry.test_envs)))
-    total = check_size(config, sum(len(sets) for _, _, sets in plan))
+    total = check_size(config, sum(len(sets) * sum(len(grid_points(config, m)) for m in entry.methods or config.methods)
+                                   for entry, _, sets in plan))
     if note is not None and total > NOTE_ABOVE:
         note(f"expanding {total:,} runs ...")
     specs, seen = [], set()
     for entry, options, test_env_sets in plan:
         for test_envs in test_env_sets:
-            for method in config.methods:
+            for method in (m for m in config.methods if not entry.methods or m in entry.methods):
                 overrides = {**config.hparams, **entry.hparams, **config.method_hparams.get(method, {})}
                 overrides = _relevant(overrides, method, entry.name, config)
-                for draw in range(config.hparam_draws):
-                    for trial in range(config.trials):
-                        spec = make_spec(
-                            entry.name, method, dataset_options=options, test_envs=test_envs, trial=trial,
-                            hparams_seed=draw, overrides=overrides, preset=config.preset,
-                            steps=entry.steps or config.steps, eval_every=entry.eval_every or config.eval_every,
-                            holdout_fraction=_first(entry.holdout_fraction, config.holdout_fraction),
-                            model=config.model, data_dir=config.data_dir, device=config.device,
-                        )
-                        if spec.run_id not in seen:
-                            seen.add(spec.run_id)
-                            specs.append(spec)
+                for point, draw, trial in itertools.product(grid_points(config, method), range(config.hparam_draws),
+                                                            range(config.trials)):
+                    spec = make_spec(
+                        entry.name, method, dataset_options=options, test_envs=test_envs, trial=trial,
+                        hparams_seed=draw, overrides={**overrides, **point}, preset=config.preset,
+                        steps=entry.steps or config.steps, eval_every=entry.eval_every or config.eval_every,
+                        holdout_fraction=_first(entry.holdout_fraction, config.holdout_fraction),
+                        model=config.model, data_dir=config.data_dir, device=config.device,
+                    )
+                    if spec.run_id not in seen:
+                        seen.add(spec.run_id)
+                        specs.append(spec)
     return specs
 
 
-def check_size(config: SweepConfig, test_env_sets: int) -> int:
-    """The number of runs (before duplicates are dropped); ConfigError above MAX_RUNS."""
-    total = test_env_sets * len(config.methods) * config.hparam_draws * config.trials
+def grid_points(config: SweepConfig, method: str) -> list[dict[str, Any]]:
+    """Every combination of the method's [method_grid] values ([{}]: no grid), in file order."""
+    grid = config.method_grid.get(method, {})
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def check_size(config: SweepConfig, method_sets: int) -> int:
+    """The number of runs (before duplicates are dropped); ConfigError above MAX_RUNS.
+    ``method_sets``: the (test-environment set, method, grid point) triples over the dataset
+    entries."""
+    total = method_sets * config.hparam_draws * config.trials
     if total > MAX_RUNS:
         raise ConfigError(
-            f"the sweep would expand to {total:,} runs ({test_env_sets} test-environment set(s) over "
-            f"{len(config.datasets)} dataset(s) x {len(config.methods)} method(s) x {config.hparam_draws:,} "
+            f"the sweep would expand to {total:,} runs ({method_sets} pair(s) of test-environment set and "
+            f"method (grid points counted) over {len(config.datasets)} dataset(s) x {config.hparam_draws:,} "
             f"hparam_draws x {config.trials:,} trials), more than the limit of {MAX_RUNS:,}; "
             f"lower trials or hparam_draws, or split the sweep")
     return total

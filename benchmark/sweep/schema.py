@@ -197,6 +197,16 @@ class TablePerName(Rule):
         return {k: dict(v) for k, v in value.items()}
 
 
+class GridPerName(Rule):
+    allowed = "one table per method of non-empty lists of values, like [method_grid.irm] penalty_weight = [1, 10]"
+
+    def check(self, value):
+        if not isinstance(value, Mapping) or not all(
+                isinstance(v, Mapping) and all(isinstance(x, list) and x for x in v.values()) for v in value.values()):
+            raise self.fail(value)
+        return {k: {name: tuple(values) for name, values in v.items()} for k, v in value.items()}
+
+
 class TestEnvs(Rule):
     allowed = '"each" or a list of lists of environment indices like [[0], [1, 2]]'
 
@@ -303,6 +313,9 @@ class DatasetEntry:
     eval_every: int | None = key(Integer(1), "overrides the sweep's eval_every for this dataset")
     holdout_fraction: float | None = key(Fraction(), "overrides the sweep's holdout_fraction for this dataset")
     hparams: Mapping[str, Any] = key(Table(), "hyperparameter values for this dataset's runs", factory=dict)
+    # e.g. the IRM paper's SEMs: pooled ERM trains on every environment, IRM holds one out
+    methods: tuple[str, ...] = key(Names(), "only these of the sweep's methods train on this entry "
+                                            "(default: all of them)", ())
 
 
 @dataclass(frozen=True)
@@ -320,6 +333,9 @@ class SweepConfig:
     hparams: Mapping[str, Any] = key(Table(), "hyperparameter values for every method", factory=dict)
     method_hparams: Mapping[str, Mapping[str, Any]] = key(
         TablePerName(), "hyperparameter values per method ([method_hparams.irm])", factory=dict)
+    method_grid: Mapping[str, Mapping[str, tuple]] = key(
+        GridPerName(), "values to train every combination of, per method ([method_grid.irm] penalty_weight = "
+                       "[1, 10]): each combination is a configuration of its own, for every draw", factory=dict)
     model: str | None = key(Text(), "model for every run (default: the protocol's or the dataset's)")
     device: str = key(Device(), "the device of every run", "cpu")
     data_dir: str | None = key(Text(), "where image datasets look for data")
@@ -365,9 +381,15 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "<sweep>", default_nam
         if name is not _BAD:
             values["name"] = name
     values.setdefault("out", f"runs/{values.get('name', default_name)}")
-    stray = sorted(set(values.get("method_hparams", {})) - set(values.get("methods", ())))
-    if stray and "methods" in values:
-        problems.append(f"[method_hparams] names {stray}, which are not in methods = {list(values['methods'])}")
+    for table in ("method_hparams", "method_grid"):
+        stray = sorted(set(values.get(table, {})) - set(values.get("methods", ())))
+        if stray and "methods" in values:
+            problems.append(f"[{table}] names {stray}, which are not in methods = {list(values['methods'])}")
+    for i, entry in enumerate(values.get("datasets", ())):
+        outside = [m for m in entry.methods if m not in values.get("methods", ())]
+        if outside and "methods" in values:
+            problems.append(f"datasets[{i}].methods names {outside}, which are not in methods = "
+                            f"{list(values['methods'])}")
     _raise(problems, source)
     return SweepConfig(**values, source=source)
 

@@ -1,0 +1,157 @@
+"""Published numbers (results/published/NAME.csv) side by side with ours.
+
+Each published row names its paper, table, protocol, dataset (with the options that make its
+variant), row (an invbench method), column (a leaderboard column: an environment, avg,
+"train envs", or an extra metric such as causal_error), the value, the spread the paper
+reports with it (a standard deviation over seeds or restarts, or a standard error) and over
+how many runs. Ours is the mean over trials of the same cell of our leaderboard, with its
+standard error. The difference is given in units of the published spread: within 1 means
+"inside the reported spread".
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("table", "row", "column", "published", "published_spread", "ours", "ours_se", "n")
+
+
+@dataclass(frozen=True)
+class Published:
+    paper: str
+    table: str
+    protocol: str
+    dataset: str
+    dataset_options: dict
+    row: str
+    column: str
+    value: float
+    spread: float | None
+    spread_kind: str
+    n: int | None
+    note: str
+
+
+def read_published(path: Path) -> list[Published]:
+    out = []
+    with open(path, newline="") as f:
+        for line in csv.DictReader(f):
+            out.append(Published(
+                paper=line["paper"], table=line["table"], protocol=line["protocol"], dataset=line["dataset"],
+                dataset_options=json.loads(line["dataset_options"] or "{}"), row=line["row"], column=line["column"],
+                value=float(line["published"]), spread=float(line["spread"]) if line["spread"] else None,
+                spread_kind=line["spread_kind"], n=int(line["n"]) if line["n"] else None, note=line["note"]))
+    return out
+
+
+@dataclass(frozen=True)
+class Comparison:
+    published: Published
+    ours: float | None
+    ours_se: float | None
+    n: int  # our trials
+    scale: float  # our numbers times scale are in the published units (accuracy: 100 for %)
+    why_missing: str = ""
+
+    @property
+    def difference(self) -> float | None:
+        return None if self.ours is None else self.ours * self.scale - self.published.value
+
+    @property
+    def in_spreads(self) -> float | None:
+        """|ours - published| in units of the published spread (None without a spread)."""
+        d = self.difference
+        s = self.published.spread
+        if d is None or s is None:
+            return None
+        if s == 0:
+            return 0.0 if abs(d) < 0.005 else math.inf  # a spread printed as 0.00
+        return abs(d) / s
+
+
+def dataset_labels(results: Any, dataset: str, options: dict) -> list[str]:
+    """Our dataset labels (leaderboard groups) whose runs are ``dataset`` with ``options``."""
+    runs = results.runs
+    labels = set()
+    for label, text in zip(runs["dataset"], runs["options"]):
+        if label.split("[")[0] != dataset:
+            continue
+        ours = json.loads(text)
+        if all(ours.get(k) == v for k, v in options.items()):
+            labels.add(label)
+    return sorted(labels)
+
+
+def compare(published: list[Published], board: Any, results: Any, dataset_map: dict[str, str],
+            scale_of: dict[str, float]) -> list[Comparison]:
+    """Each published number with our cell. ``dataset_map`` maps a published dataset to ours
+    (Colored MNIST's numbers are held against Colored Fashion-MNIST where MNIST is missing);
+    ``scale_of`` maps a metric to the published unit's scale (acc: 100)."""
+    from invbench.results.aggregate import mean_se
+
+    frame = board.per_trial
+    out = []
+    for item in published:
+        ours_dataset = dataset_map.get(item.dataset, item.dataset)
+        labels = dataset_labels(results, ours_dataset, item.dataset_options)
+        if not labels:
+            out.append(Comparison(item, None, None, 0, 1.0, "no runs of this dataset"))
+            continue
+        # an extra column of a table with several environment columns reads "NAME (ENV)"
+        column = frame["column"]
+        named = (column == item.column) | column.str.startswith(item.column + " (")
+        cell = frame[frame["dataset"].isin(labels) & (frame["method"] == item.row) & named]
+        if cell.empty:
+            out.append(Comparison(item, None, None, 0, 1.0, "no value in our leaderboard"))
+            continue
+        values = [float(v) for v in cell["value"]]
+        mean, se = mean_se(values)
+        metric = str(cell["metric"].iloc[0])
+        out.append(Comparison(item, mean, se, len(values), scale_of.get(metric, 1.0)))
+    return out
+
+
+def rows_for_csv(comparisons: list[Comparison]) -> list[dict]:
+    rows = []
+    for c in comparisons:
+        p = c.published
+        rows.append({"table": p.table, "row": p.row, "column": p.column if not p.dataset_options
+                     else f"{p.column} [{p.dataset} {_options_text(p.dataset_options)}]",
+                     "published": p.value, "published_spread": "" if p.spread is None else p.spread,
+                     "ours": "" if c.ours is None else round(c.ours * c.scale, 6),
+                     "ours_se": "" if c.ours_se is None else round(c.ours_se * c.scale, 6), "n": c.n})
+    return rows
+
+
+def _options_text(options: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(options.items()))
+
+
+def write_csv(comparisons: list[Comparison], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows_for_csv(comparisons))
+
+
+def to_markdown(comparisons: list[Comparison]) -> str:
+    lines = ["| table | dataset | row | column | published | ours (± s.e.) | n | difference / spread |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    for c in comparisons:
+        p = c.published
+        dataset = p.dataset + (f" ({_options_text(p.dataset_options)})" if p.dataset_options else "")
+        spread = "" if p.spread is None else f" ± {p.spread:g}"
+        if c.ours is None:
+            ours, ratio = f"— ({c.why_missing})", ""
+        else:
+            se = "" if c.ours_se is None else f" ± {c.ours_se * c.scale:.3g}"
+            ours = f"{c.ours * c.scale:.4g}{se}"
+            r = c.in_spreads
+            ratio = "no spread" if r is None else ("∞" if math.isinf(r) else f"{r:.2f}")
+        lines.append(f"| {p.table} | {dataset} | {p.row} | {p.column} | {p.value:g}{spread} | {ours} | {c.n} | {ratio} |")
+    return "\n".join(lines) + "\n"
