@@ -68,7 +68,7 @@ def test_loading_without_tidy_files_says_what_to_run():
 
 
 def write_published(path, rows):
-    header = "paper,table,protocol,dataset,dataset_options,row,column,published,spread,spread_kind,n,note\n"
+    header = "paper,table,protocol,dataset,dataset_options,row,column,unit,published,spread,spread_kind,n,note\n"
     body = "".join(",".join(str(v) for v in r) + "\n" for r in rows)
     path.write_text(header + body)
 
@@ -82,12 +82,12 @@ def test_published_vs_ours_gives_the_difference_in_units_of_the_reported_spread(
     mean = sum(ours) / 3
     se = (sum((v - mean) ** 2 for v in ours) / 2 / 3) ** 0.5
     write_published(tmp_path / "p.csv", [
-        ["paper", "t", "p", "linear_sem", '"{""hidden"": false}"', "erm", "sigma=5", mean + 0.5, 0.25, "std", 10, ""],
-        ["paper", "t", "p", "linear_sem", '"{""hidden"": true}"', "erm", "sigma=5", 1.0, 0.1, "std", 10, ""],
-        ["paper", "t", "p", "linear_sem", "{}", "irm", "sigma=5", 1.0, "", "", "", ""],
+        ["paper", "t", "p", "linear_sem", '"{""hidden"": false}"', "erm", "sigma=5", "mse", mean + 0.5, 0.25, "std", 10, ""],
+        ["paper", "t", "p", "linear_sem", '"{""hidden"": true}"', "erm", "sigma=5", "mse", 1.0, 0.1, "std", 10, ""],
+        ["paper", "t", "p", "linear_sem", "{}", "irm", "sigma=5", "mse", 1.0, "", "", "", ""],
     ])
     items = published.read_published(tmp_path / "p.csv")
-    found = published.compare(items, board, results, {}, {})
+    found = published.compare(items, board, results, {})
     assert found[0].ours == pytest.approx(mean) and found[0].ours_se == pytest.approx(se) and found[0].n == 3
     assert found[0].in_spreads == pytest.approx(2.0)  # 0.5 away, spread 0.25
     assert found[1].ours is None and found[1].why_missing == "no runs of this dataset"  # hidden=True never ran
@@ -124,3 +124,11 @@ def test_the_same_runs_write_the_same_tidy_bytes(tmp_path):
     tidy.export(results, tmp_path / "a", "last")
     assert path.read_bytes() == first
     assert gzip.decompress(first).decode().startswith("run,run_id,dataset,")
+
+
+def test_accuracy_is_converted_into_the_published_unit():
+    assert published.in_unit([0.25, 0.5], "acc", "accuracy %") == [25.0, 50.0]
+    assert published.in_unit([0.25, 0.5], "acc", "error") == [0.75, 0.5]
+    assert published.in_unit([3.0], "mse", "mse") == [3.0]
+    with pytest.raises(ValueError, match="cannot compare our mse with a published accuracy %"):
+        published.in_unit([3.0], "mse", "accuracy %")

@@ -102,9 +102,10 @@ def _sweep(reproduction, small: bool):
         return config
     shrink = dict(reproduction.small)
     options = shrink.pop("options", {})
+    names = shrink.pop("datasets", None)
     entries = tuple(dataclasses.replace(e, options={**e.options, **{k: v for k, v in options.items()
                                                                     if k in DATASETS.get(e.name).options}})
-                    for e in config.datasets)
+                    for e in config.datasets if names is None or e.name in names)
     return dataclasses.replace(config, datasets=entries, **shrink)
 
 

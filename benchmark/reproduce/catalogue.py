@@ -55,7 +55,8 @@ register(Reproduction(
         "constants and they train exactly as ERM",
         "runs are evaluated at step 0 and at the final iterate only (the selection reads the final iterate)",
     ),
-    small={"trials": 2, "hparam_draws": 2, "steps": 200, "eval_every": 100, "options": {"n_per_env": 500}},
+    small={"trials": 2, "hparam_draws": 2, "steps": 100, "eval_every": 100, "options": {"n_per_env": 200},
+           "datasets": ("example1", "example2s"), "hparams": {"anneal_iters": 20, "ib_anneal_iters": 20}},
 ))
 
 register(Reproduction(
@@ -68,7 +69,8 @@ register(Reproduction(
         "ERM is Adam on the squared loss for the protocol's steps; the paper solves least squares (the same "
         "solution, reached within the optimisation's tolerance)",
     ),
-    small={"trials": 2, "steps": 300, "eval_every": 300, "options": {"n_per_env": 300}},
+    small={"trials": 2, "steps": 300, "eval_every": 300, "options": {"n_per_env": 300},
+           "hparams": {"anneal_iters": 20}},
 ))
 
 register(Reproduction(

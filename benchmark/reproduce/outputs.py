@@ -23,7 +23,6 @@ from invbench.reproduce import tidy
 from invbench.reproduce.catalogue import Reproduction
 
 CHUNKS = "chunks.jsonl"
-SCALE = {"acc": 100.0}  # published accuracies are percentages
 
 
 def machine() -> dict[str, Any]:
@@ -90,7 +89,7 @@ def write_outputs(reproduction: Reproduction, folder: Path, published_folder: Pa
         by_selection = _published_by_selection(items, reproduction)
         for selection, chosen in by_selection.items():
             board = boards.get(selection) or build_leaderboard(results, get_strategy(selection))
-            comparisons += published_numbers.compare(chosen, board, results, dict(reproduction.dataset_map), SCALE)
+            comparisons += published_numbers.compare(chosen, board, results, dict(reproduction.dataset_map))
         published_numbers.write_csv(comparisons, folder / "published_vs_ours.csv")
         (folder / "published_vs_ours.md").write_text(published_numbers.to_markdown(comparisons))
         files += [folder / "published_vs_ours.csv", folder / "published_vs_ours.md"]

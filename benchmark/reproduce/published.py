@@ -30,6 +30,7 @@ class Published:
     dataset_options: dict
     row: str
     column: str
+    unit: str  # "accuracy %", "error" (a fraction), "mse", "coefficient error"
     value: float
     spread: float | None
     spread_kind: str
@@ -44,7 +45,7 @@ def read_published(path: Path) -> list[Published]:
             out.append(Published(
                 paper=line["paper"], table=line["table"], protocol=line["protocol"], dataset=line["dataset"],
                 dataset_options=json.loads(line["dataset_options"] or "{}"), row=line["row"], column=line["column"],
-                value=float(line["published"]), spread=float(line["spread"]) if line["spread"] else None,
+                unit=line["unit"], value=float(line["published"]), spread=float(line["spread"]) if line["spread"] else None,
                 spread_kind=line["spread_kind"], n=int(line["n"]) if line["n"] else None, note=line["note"]))
     return out
 
@@ -52,15 +53,14 @@ def read_published(path: Path) -> list[Published]:
 @dataclass(frozen=True)
 class Comparison:
     published: Published
-    ours: float | None
+    ours: float | None  # in the published unit
     ours_se: float | None
     n: int  # our trials
-    scale: float  # our numbers times scale are in the published units (accuracy: 100 for %)
     why_missing: str = ""
 
     @property
     def difference(self) -> float | None:
-        return None if self.ours is None else self.ours * self.scale - self.published.value
+        return None if self.ours is None else self.ours - self.published.value
 
     @property
     def in_spreads(self) -> float | None:
@@ -87,11 +87,20 @@ def dataset_labels(results: Any, dataset: str, options: dict) -> list[str]:
     return sorted(labels)
 
 
-def compare(published: list[Published], board: Any, results: Any, dataset_map: dict[str, str],
-            scale_of: dict[str, float]) -> list[Comparison]:
+def in_unit(values: list[float], metric: str, unit: str) -> list[float]:
+    """Our per-trial values (metric "acc" as a fraction, "mse", extras) in the published unit."""
+    if metric == "acc" and unit == "accuracy %":
+        return [100.0 * v for v in values]
+    if metric == "acc" and unit == "error":
+        return [1.0 - v for v in values]
+    if metric == "acc" or unit in ("accuracy %", "error"):
+        raise ValueError(f"cannot compare our {metric} with a published {unit}")
+    return values
+
+
+def compare(published: list[Published], board: Any, results: Any, dataset_map: dict[str, str]) -> list[Comparison]:
     """Each published number with our cell. ``dataset_map`` maps a published dataset to ours
-    (Colored MNIST's numbers are held against Colored Fashion-MNIST where MNIST is missing);
-    ``scale_of`` maps a metric to the published unit's scale (acc: 100)."""
+    (Colored MNIST's numbers are held against Colored Fashion-MNIST where MNIST is missing)."""
     from invbench.results.aggregate import mean_se
 
     frame = board.per_trial
@@ -100,19 +109,18 @@ def compare(published: list[Published], board: Any, results: Any, dataset_map: d
         ours_dataset = dataset_map.get(item.dataset, item.dataset)
         labels = dataset_labels(results, ours_dataset, item.dataset_options)
         if not labels:
-            out.append(Comparison(item, None, None, 0, 1.0, "no runs of this dataset"))
+            out.append(Comparison(item, None, None, 0, "no runs of this dataset"))
             continue
         # an extra column of a table with several environment columns reads "NAME (ENV)"
         column = frame["column"]
         named = (column == item.column) | column.str.startswith(item.column + " (")
         cell = frame[frame["dataset"].isin(labels) & (frame["method"] == item.row) & named]
         if cell.empty:
-            out.append(Comparison(item, None, None, 0, 1.0, "no value in our leaderboard"))
+            out.append(Comparison(item, None, None, 0, "no value in our leaderboard"))
             continue
-        values = [float(v) for v in cell["value"]]
+        values = in_unit([float(v) for v in cell["value"]], str(cell["metric"].iloc[0]), item.unit)
         mean, se = mean_se(values)
-        metric = str(cell["metric"].iloc[0])
-        out.append(Comparison(item, mean, se, len(values), scale_of.get(metric, 1.0)))
+        out.append(Comparison(item, mean, se, len(values)))
     return out
 
 
@@ -123,8 +131,8 @@ def rows_for_csv(comparisons: list[Comparison]) -> list[dict]:
         rows.append({"table": p.table, "row": p.row, "column": p.column if not p.dataset_options
                      else f"{p.column} [{p.dataset} {_options_text(p.dataset_options)}]",
                      "published": p.value, "published_spread": "" if p.spread is None else p.spread,
-                     "ours": "" if c.ours is None else round(c.ours * c.scale, 6),
-                     "ours_se": "" if c.ours_se is None else round(c.ours_se * c.scale, 6), "n": c.n})
+                     "ours": "" if c.ours is None else round(c.ours, 6),
+                     "ours_se": "" if c.ours_se is None else round(c.ours_se, 6), "n": c.n})
     return rows
 
 
@@ -140,8 +148,8 @@ def write_csv(comparisons: list[Comparison], path: Path) -> None:
 
 
 def to_markdown(comparisons: list[Comparison]) -> str:
-    lines = ["| table | dataset | row | column | published | ours (± s.e.) | n | difference / spread |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
+    lines = ["| table | dataset | row | column | unit | published | ours (± s.e.) | n | difference / spread |",
+             "|---|---|---|---|---|---:|---:|---:|---:|"]
     for c in comparisons:
         p = c.published
         dataset = p.dataset + (f" ({_options_text(p.dataset_options)})" if p.dataset_options else "")
@@ -149,9 +157,10 @@ def to_markdown(comparisons: list[Comparison]) -> str:
         if c.ours is None:
             ours, ratio = f"— ({c.why_missing})", ""
         else:
-            se = "" if c.ours_se is None else f" ± {c.ours_se * c.scale:.3g}"
-            ours = f"{c.ours * c.scale:.4g}{se}"
+            se = "" if c.ours_se is None else f" ± {c.ours_se:.3g}"
+            ours = f"{c.ours:.4g}{se}"
             r = c.in_spreads
             ratio = "no spread" if r is None else ("∞" if math.isinf(r) else f"{r:.2f}")
-        lines.append(f"| {p.table} | {dataset} | {p.row} | {p.column} | {p.value:g}{spread} | {ours} | {c.n} | {ratio} |")
+        lines.append(f"| {p.table} | {dataset} | {p.row} | {p.column} | {p.unit} | {p.value:g}{spread} | {ours} | "
+                     f"{c.n} | {ratio} |")
     return "\n".join(lines) + "\n"
