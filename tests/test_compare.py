@@ -190,3 +190,25 @@ def test_metrics_that_share_a_threshold_are_named_together_once():
     rule = rule_text(["mse", "causal_error", "noncausal_error"], None, 0.05)
     assert rule.count("5% of the baseline's mean") == 1, rule
     assert "MSE" in rule and "causal coefficient error" in rule and "non-causal coefficient error" in rule
+
+
+def test_moved_lists_every_value_that_changed_and_cells_on_one_side(tmp_path):
+    import pandas as pd
+
+    from invbench.results.compare import BASELINE_COLUMNS, moved_values
+
+    def frame(rows):
+        return pd.DataFrame([{"dataset": "d", "source": "s", "selection": "last", "test_envs": "e", "run": "r",
+                              "step": 1, **row} for row in rows], columns=BASELINE_COLUMNS)
+
+    base = frame([{"method": "erm", "column": "e", "metric": "acc", "trial": 0, "value": 0.5},
+                  {"method": "erm", "column": "e", "metric": "acc", "trial": 1, "value": 0.6},
+                  {"method": "irm", "column": "e", "metric": "acc", "trial": 0, "value": 0.7}])
+    cur = frame([{"method": "erm", "column": "e", "metric": "acc", "trial": 0, "value": 0.5 + 1e-9},
+                 {"method": "erm", "column": "e", "metric": "acc", "trial": 1, "value": 0.61},
+                 {"method": "vrex", "column": "e", "metric": "acc", "trial": 0, "value": 0.7}])
+    lines = moved_values(base, cur, 1e-6)
+    assert lines == ["d / s / e / irm / e / acc / trial 0: only in the baseline (0.7)",
+                     "d / s / e / vrex / e / acc / trial 0: only in the current runs (0.7)",
+                     "d / s / e / erm / e / acc / trial 1: 0.6 -> 0.61"]
+    assert moved_values(base, base, 0.0) == []

@@ -28,6 +28,10 @@ def register(sub) -> None:
                              "(default 1), error metrics in percent of the baseline's mean (default 5); "
                              "VALUE sets every metric, METRIC=VALUE one (repeatable)")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level of Welch's t-test (default 0.05)")
+    parser.add_argument("--moved", type=float, metavar="TOLERANCE",
+                        help="regression tracking of deterministic runs: instead of the t-test, list every per-trial "
+                             "value that moved by more than TOLERANCE (relative; absolute below 1) and every cell or "
+                             "trial on one side only; exit 1 if any")
     parser.set_defaults(func=main)
 
 
@@ -60,6 +64,15 @@ def main(args: argparse.Namespace) -> int:
     selection = args.selection or _default_selection(args.baseline, args.current)
     base = per_trial_values(args.baseline, selection)
     cur = per_trial_values(args.current, selection)
+    if args.moved is not None:
+        from invbench.results.compare import moved_values
+
+        if args.moved < 0:
+            raise ConfigError(f"--moved must be >= 0; got {args.moved}")
+        moved = moved_values(base, cur, args.moved)
+        print("\n".join(moved) if moved else f"no value moved by more than {args.moved:g} "
+                                              f"({len(cur)} per-trial values, selection {selection})")
+        return 1 if moved else 0
     comparisons, only_base, only_cur = compare_frames(base, cur, thresholds, args.alpha)
     if not comparisons:
         raise ConfigError(f"no cell is in both {args.baseline} and {args.current} (selection {selection}); "

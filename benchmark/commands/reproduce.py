@@ -103,8 +103,10 @@ def _sweep(reproduction, small: bool):
     shrink = dict(reproduction.small)
     options = shrink.pop("options", {})
     names = shrink.pop("datasets", None)
+    test_envs = shrink.pop("test_envs", None)
     entries = tuple(dataclasses.replace(e, options={**e.options, **{k: v for k, v in options.items()
-                                                                    if k in DATASETS.get(e.name).options}})
+                                                                    if k in DATASETS.get(e.name).options}},
+                                        test_envs=e.test_envs if test_envs is None else test_envs)
                     for e in config.datasets if names is None or e.name in names)
     return dataclasses.replace(config, datasets=entries, **shrink)
 

@@ -101,5 +101,6 @@ register(Reproduction(
         "Fashion-MNIST stands in for MNIST (see cfmnist_irm): the published numbers are MNIST's",
         "reduced: the draws, trials and steps of the sweep file (its header says how far), on 2 CPU cores",
     ),
-    small={"trials": 1, "hparam_draws": 1, "steps": 20, "eval_every": 10, "options": {"image_size": 7}},
+    small={"trials": 1, "hparam_draws": 1, "steps": 20, "eval_every": 10, "options": {"image_size": 7},
+           "test_envs": ((2,),)},
 ))

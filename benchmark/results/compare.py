@@ -199,6 +199,21 @@ def compare_frames(base, cur, threshold=None, alpha: float = 0.05):
     return out, sorted(set(b) - set(c)), sorted(set(c) - set(b))
 
 
+def moved_values(base, cur, tolerance: float) -> list[str]:
+    """Regression tracking of deterministic runs: every per-trial value that moved by more
+    than ``tolerance`` (relative to the baseline's magnitude, at least ``tolerance`` in
+    absolute terms), and every cell or trial present on one side only, as lines for people."""
+    b = {tuple(k) + (int(t),): float(v) for *k, t, v in base[KEY + ["trial", "value"]].itertuples(index=False)}
+    c = {tuple(k) + (int(t),): float(v) for *k, t, v in cur[KEY + ["trial", "value"]].itertuples(index=False)}
+    name = lambda key: " / ".join(str(part) for part in key[:-1]) + f" / trial {key[-1]}"
+    lines = [f"{name(k)}: only in the baseline ({b[k]:.6g})" for k in sorted(set(b) - set(c))]
+    lines += [f"{name(k)}: only in the current runs ({c[k]:.6g})" for k in sorted(set(c) - set(b))]
+    for k in sorted(set(b) & set(c)):
+        if abs(c[k] - b[k]) > tolerance * max(1.0, abs(b[k])):
+            lines.append(f"{name(k)}: {b[k]:.6g} -> {c[k]:.6g}")
+    return lines
+
+
 def rule_text(metrics, threshold, alpha: float) -> str:
     """The regression rule for the metrics compared, in their own units, as one line."""
     limits = thresholds_for(sorted(set(metrics)), threshold)
