@@ -61,6 +61,26 @@ class LogUniform:
 
 
 @dataclass(frozen=True)
+class OneMinusLogUniform:
+    """1 - base ** U(low_exp, high_exp): a weight close to 1 on a log scale of its distance
+    from 1, as the linear unit tests' code draws IRMv1's lambda (``1 - 10**r.uniform(-3, -.3)``)."""
+
+    low_exp: float
+    high_exp: float
+    base: float = 10.0
+
+    def sample(self, rng: np.random.RandomState) -> float:
+        return float(1.0 - self.base ** rng.uniform(self.low_exp, self.high_exp))
+
+    def contains(self, value: Any) -> bool:
+        # the larger exponent gives the smaller value
+        return _within(value, 1.0 - self.base ** self.high_exp, 1.0 - self.base ** self.low_exp)
+
+    def __str__(self) -> str:
+        return f"1 - {self.base:g}^U({self.low_exp:g}, {self.high_exp:g})"
+
+
+@dataclass(frozen=True)
 class Uniform:
     low: float
     high: float

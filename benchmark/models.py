@@ -22,7 +22,8 @@ from invbench.packed import packed_linear
 from invbench.registry import MODELS
 from invbench.tasks import TASK_TYPES
 
-__all__ = ["MODELS", "Accepts", "register_model", "check_model_fits", "build_model", "MLP", "Linear", "SmallCNN"]
+__all__ = ["MODELS", "Accepts", "register_model", "check_model_fits", "build_model", "MLP", "Linear", "FeatureMatrix",
+           "SmallCNN"]
 
 ModelBuilder = Callable[[tuple, int, Mapping], nn.Module]
 
@@ -179,6 +180,40 @@ class Linear(nn.Module):
         return self.classify_packed(params, self.features_packed(params, x))
 
 
+class FeatureMatrix(nn.Module):
+    """The IRM paper's SEM model: x Phi w, a trained d x d feature matrix Phi (the identity at
+    the start, whatever the seed) and a fixed classifier w = ones (d x 1), which is not a
+    parameter: only Phi trains. Its solution, Phi w, is the linear map it computes."""
+
+    def __init__(self, n_inputs: int):
+        super().__init__()
+        self.phi = nn.Parameter(torch.eye(n_inputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], -1) @ self.phi @ self._classifier(self.phi)
+
+    @property
+    def coefficients(self) -> torch.Tensor:
+        """(Phi w)^T, shaped (outputs, inputs) as a linear layer's weight."""
+        return (self.phi @ self._classifier(self.phi)).T
+
+    @staticmethod
+    def _classifier(like: torch.Tensor) -> torch.Tensor:
+        return like.new_ones(like.shape[1], 1)
+
+    # A pack (invbench.packed): the featurizer is x Phi, the classifier the fixed w, so a
+    # method that scales the features by a dummy vector at 1 differentiates with respect to w.
+    def features_packed(self, params: dict, x: torch.Tensor) -> torch.Tensor:
+        phi = params["phi"]  # (R, d, d); x Phi = x (Phi^T)^T, a linear layer with weight Phi^T
+        return packed_linear(x.reshape(x.shape[0], x.shape[1], -1), phi.transpose(1, 2), None)
+
+    def classify_packed(self, params: dict, z: torch.Tensor) -> torch.Tensor:
+        return packed_linear(z, z.new_ones(z.shape[0], 1, z.shape[2]), None)
+
+    def forward_packed(self, params: dict, x: torch.Tensor) -> torch.Tensor:
+        return self.classify_packed(params, self.features_packed(params, x))
+
+
 class SmallCNN(nn.Module):
     """DomainBed's MNIST_CNN: four 3x3 convolutions with group norm, global pooling, linear head."""
 
@@ -228,6 +263,17 @@ def linear(input_shape: tuple, n_outputs: int, hp: Mapping) -> nn.Module:
 def linear_nobias(input_shape: tuple, n_outputs: int, hp: Mapping) -> nn.Module:
     """A linear model without intercept (least squares through the origin)."""
     return Linear(math.prod(input_shape), n_outputs, bias=False)
+
+
+def _one_output(input_shape: tuple[int, ...], n_outputs: int) -> str | None:
+    return None if n_outputs == 1 else "needs one output (its fixed classifier w has one column)"
+
+
+@register_model("feature_matrix", Accepts(max_rank=1, inputs="feature-vector", tasks=("binary", "regression"),
+                                          check=_one_output))
+def feature_matrix(input_shape: tuple, n_outputs: int, hp: Mapping) -> nn.Module:
+    """The IRM paper's SEM model: x Phi w, Phi (d x d, the identity at the start) trained, w = ones fixed."""
+    return FeatureMatrix(math.prod(input_shape))
 
 
 @register_model("cnn", Accepts(min_rank=3, max_rank=3, inputs="(channels, height, width)"))

@@ -7,7 +7,7 @@ defaults and searches, with the protocol's values for every method.
 
 from __future__ import annotations
 
-from invbench.hparams import LogUniform, RandInt, Uniform
+from invbench.hparams import Choice, LogUniform, OneMinusLogUniform, RandInt, Uniform
 from invbench.protocol import Protocol, register
 from invbench.results.selection import LAST, TRAINING_DOMAIN
 
@@ -22,6 +22,12 @@ IRM_CODE_SCHEDULE_SEARCH = {"anneal_iters": RandInt(50, 250), "penalty_weight": 
 IRM_TUNED_TRAINING = {"hidden_dim": 390, "l2": 0.00110794568, "lr": 0.0004898536566546834}
 IRM_TUNED_SCHEDULE = {"anneal_iters": 190, "penalty_weight": 91257.18613115903, "scale_loss": True,
                       "reset_optimizer": False}
+# The linear unit tests' IRMv1 (Aubin et al. 2021, its code's IRM class): interpolated, dummy
+# scale and shift, penalties summed over the environments, the full-batch gradients squared.
+UNIT_TESTS_IRM = {"form": "interpolated", "dummies": "scale_and_shift", "penalty_reduction": "sum",
+                  "estimator": "full_batch"}
+# The IRM code's regularisations for its SEMs (irm_sem's reg; it keeps the best on sigma = 5).
+IRM_CODE_SEM_REGS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 # The code's tuned grayscale (colour-blind) ERM: hidden 83, l2, lr, 101 steps.
 GRAYSCALE_TUNED = {"hidden_dim": 83, "l2": 0.0008602868865288383, "lr": 0.0028171488133821726}
 
@@ -115,13 +121,14 @@ register(Protocol(
     method_hparams={"irm": {"estimator": "full_batch", "penalty_weight": 10.0, "anneal_iters": 200}},
     # anneal steps that leave the penalty at least half of the 2,000 steps
     method_search={name: {"anneal_iters": LogUniform(0, 3, integer=True)} for name in ("irm", "vrex", "mmrex")},
+    method_models={"irm_sem": "feature_matrix"},  # the SEM variant's own model
     steps=2000,
     eval_every=200,
     selection=LAST,
     deviations=(
         "ERM is trained by Adam on the squared loss; the paper solves least squares (the same solution)",
         "the paper's IRM row used its own SEM variant (a fixed classifier, reg * error + (1 - reg) * penalty, "
-        "reg chosen on sigma = 5); here IRMv1, trained on sigma 0.2 and 2",
+        "reg chosen on sigma = 5; method irm_sem, protocol irm-paper-sem); here IRMv1, trained on sigma 0.2 and 2",
         "IRMv1 uses the code's full-batch estimator with weight 10 from step 200: DomainBed's unbiased "
         "estimator with weight 100 diverged here (causal error 0.13-1.26 over three trials, against 0.002-0.036)",
     ),
@@ -137,9 +144,40 @@ register(Protocol(
     # its AND-mask: plain gradient descent on the masked gradients, with wider searches
     # the information bottleneck on the linear model's output, as Ahuja et al.'s unit tests
     # (a linear featurizer is the identity: the variance of its features is a constant)
+    # its IRMv1: (1 - lambda) * mean risk + lambda * the summed squared gradients of a dummy
+    # scale and shift of the output, no schedule (whose hyperparameters are then unused: fixed)
     method_hparams={"andmask": {"variant": "unit_tests", "tau": 0.9},
-                    "ibirm": {"bottleneck": "logits"}, "iberm": {"bottleneck": "logits"}},
-    method_search={"andmask": {"tau": Uniform(0.8, 1.0), "lr": LogUniform(-4, 0), "weight_decay": LogUniform(-5, 0)}},
+                    "ibirm": {"bottleneck": "logits"}, "iberm": {"bottleneck": "logits"},
+                    "irm": {**UNIT_TESTS_IRM, "irm_lambda": 0.9}},
+    method_search={"andmask": {"tau": Uniform(0.8, 1.0), "lr": LogUniform(-4, 0), "weight_decay": LogUniform(-5, 0)},
+                   "irm": {"irm_lambda": OneMinusLogUniform(-3, -0.3), "penalty_weight": None, "anneal_iters": None}},
     steps=10_000,
     eval_every=1000,
+))
+
+register(Protocol(
+    name="irm-paper-sem",
+    description="the IRM paper's linear SEMs as its code ran them (Arjovsky et al. 2019, section 5.1): full batch, "
+                "100,000 Adam steps at lr 1e-3, IRM as its SEM variant (irm_sem on a feature matrix)",
+    datasets=("linear_sem",),
+    # the code's fixed values: nothing but IRM's reg is searched
+    hparams={"batch_size": 0, "lr": 1e-3, "weight_decay": 0.0, "l2": 0.0},
+    search={"lr": None, "weight_decay": None, "l2": None},
+    method_hparams={"irm_sem": {"reg": 1e-3}},
+    method_search={"irm_sem": {"reg": Choice(IRM_CODE_SEM_REGS)}},
+    method_models={"irm_sem": "feature_matrix"},
+    steps=100_000,
+    eval_every=10_000,
+    # one configuration per cell; choosing among the six regs needs a strategy that reads sigma = 5
+    selection=LAST,
+    deviations=(
+        "the code trains its six regs one after another and keeps, per repetition, the one whose Phi w has the "
+        "smallest squared error on all of sigma = 5 (ties: the smaller reg); here each reg is a run of its own "
+        "(hyperparameter reg, drawn from the six values: a sweep must cover all six) and a selection strategy "
+        "chooses",
+        "ERM is trained by Adam on the squared loss (100,000 full-batch steps at lr 1e-3); the code solves least "
+        "squares, on all three environments pooled (a run with no test environment, test_envs = [])",
+        "the data are invbench's draws of the same SEM (seeded per repetition, environment and purpose), not the "
+        "code's random stream, so repetitions match in distribution, not sample for sample",
+    ),
 ))

@@ -145,7 +145,8 @@ def _check_search(space: Mapping[str, HParam], search: Mapping[str, Any], owner:
     for name, distribution in search.items():
         if distribution is not None and not (hasattr(distribution, "sample") and hasattr(distribution, "contains")):
             raise ConfigError(f"{owner}: the search of {name} must be a distribution from invbench.hparams "
-                              f"(LogUniform, Uniform, RandInt, Choice, Fixed) or None; got {distribution!r}")
+                              f"(LogUniform, OneMinusLogUniform, Uniform, RandInt, Choice, Fixed) or None; "
+                              f"got {distribution!r}")
 
 
 def method_space(method_cls: type, method: str, protocol: Protocol | None, model_hparams: tuple[str, ...]

@@ -10,7 +10,7 @@ from invbench.hparams import HParam
 from invbench.method import Batch, Objective, StepResult, compose_loss
 from invbench.methods._bottleneck import (BOTTLENECK_HPARAMS, Bottleneck, bottleneck_schedule,
                                           check_bottleneck_schedule)
-from invbench.methods.irm import IRM
+from invbench.methods.irm import FORM_HPARAMS, IRM
 from invbench.packed import PackedModel
 from invbench.registry import METHODS
 
@@ -36,13 +36,14 @@ class IBIRM(IRM):
     identity, so use the MLP or bottleneck=logits there) or the model's outputs (the
     authors' linear unit tests code, where Phi is the whole linear model).
 
-    The IRMv1 part is ``irm``'s own code and hyperparameters (the same names). Defaults and
+    The IRMv1 part is ``irm``'s own code and hyperparameters (the same names, less irm's
+    choices of the linear unit tests' form: IB-IRM keeps the weighted form). Defaults and
     searches: DomainBed's IB_IRM (irm_lambda 1e2 and ib_lambda 1e2, both 10^U(-1, 5); both
     anneals 500, int 10^U(0, 4); the unbiased estimator; Adam re-created, no division).
     """
 
     hparams = {
-        **IRM.hparams,
+        **{name: hp for name, hp in IRM.hparams.items() if name not in FORM_HPARAMS},
         **BOTTLENECK_HPARAMS,
         "reset_optimizer": HParam(True, help="re-create the optimizer at either anneal step (DomainBed)"),
     }

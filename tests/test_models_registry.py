@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from invbench.errors import ConfigError
-from invbench.models import MODELS, Accepts, build_model, check_model_fits, models_that_fit, register_model
+from invbench.models import MODELS, Accepts, accepts_of, build_model, check_model_fits, models_that_fit, register_model
 from invbench.runner import run
 from invbench.spec import make_spec
 
-BUILT_IN = {"cnn", "linear", "linear_nobias", "mlp", "mlp_grayscale"}
+BUILT_IN = {"cnn", "feature_matrix", "linear", "linear_nobias", "mlp", "mlp_grayscale"}
 
 
 @pytest.fixture
@@ -40,19 +40,21 @@ def test_the_built_in_models_are_registered():
 
 # Which models fit which data: derived from what each network does with its input. The
 # MLPs and linear models flatten any shape; the grayscale MLP sums over a channel axis, so it
-# needs at least two dimensions; the CNN convolves (channels, height, width) images only.
+# needs at least two dimensions; the CNN convolves (channels, height, width) images only; the
+# SEM's feature matrix is square over a feature vector.
 @pytest.mark.parametrize("shape, fitting", [
-    ((10,), {"linear", "linear_nobias", "mlp"}),
+    ((10,), {"feature_matrix", "linear", "linear_nobias", "mlp"}),
     ((2, 196), {"linear", "linear_nobias", "mlp", "mlp_grayscale"}),
-    ((2, 14, 14), BUILT_IN),
+    ((2, 14, 14), BUILT_IN - {"feature_matrix"}),
     ((1, 2, 14, 14), {"linear", "linear_nobias", "mlp", "mlp_grayscale"}),
 ])
 def test_models_that_fit_each_input_shape(shape, fitting):
     assert set(models_that_fit(shape, 1)) == fitting
     for name in fitting:
         check_model_fits(name, shape, 1)  # no error
-        model = build_model(name, shape, 3, {"hidden_dim": 4})
-        assert model(torch.zeros(5, *shape)).shape == (5, 3)  # and it really takes such inputs
+        outputs = 3 if accepts_of(name).problem(shape, 3) is None else 1  # the feature matrix has one
+        model = build_model(name, shape, outputs, {"hidden_dim": 4})
+        assert model(torch.zeros(5, *shape)).shape == (5, outputs)  # and it really takes such inputs
 
 
 def test_a_model_that_does_not_fit_is_one_line_naming_those_that_do():
@@ -62,11 +64,11 @@ def test_a_model_that_does_not_fit_is_one_line_naming_those_that_do():
     assert "\n" not in message
     assert message.startswith("model 'cnn' needs (channels, height, width) inputs")
     assert "shape (10,)" in message
-    assert message.endswith("models that fit: linear, linear_nobias, mlp")
+    assert message.endswith("models that fit: feature_matrix, linear, linear_nobias, mlp")
 
 
 def test_building_a_model_that_does_not_fit_is_the_same_error():
-    with pytest.raises(ConfigError, match="models that fit: linear, linear_nobias, mlp$"):
+    with pytest.raises(ConfigError, match="models that fit: feature_matrix, linear, linear_nobias, mlp$"):
         build_model("mlp_grayscale", (10,), 1, {"hidden_dim": 4})
 
 
