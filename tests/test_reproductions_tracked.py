@@ -1,9 +1,10 @@
 """Regression tracking of the leaderboards: the small version of each reproduction (its sweep
 shrunk: tiny data, few steps and trials, every method) runs here and every per-trial value of
 its headline selection must match the committed baseline (results/NAME/small-baseline.csv),
-so a change that moves a method's numbers fails CI. After an intended change, remake the
-baseline: `invbench reproduce NAME --small --runs DIR` then
-`invbench collect DIR --selection SELECTION --save-baseline results/NAME/small-baseline.csv --force`.
+so a change that moves a method's numbers fails CI. One baseline per selection of the
+reproduction. After an intended change, remake them: `invbench reproduce NAME --small --runs DIR`
+then, per SELECTION, `invbench collect DIR --selection SELECTION
+--save-baseline results/NAME/small-baseline-SELECTION.csv --force`.
 """
 
 from pathlib import Path
@@ -26,12 +27,13 @@ def test_the_small_reproduction_matches_its_committed_baseline(name, cli, tmp_pa
     if name in NEEDS_FASHION and not _sources.DEBIAN_FASHION_DIR.is_dir():
         pytest.skip("needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
     reproduction = REPRODUCTIONS[name]
-    baseline = ROOT / "results" / name / "small-baseline.csv"
-    assert baseline.is_file(), f"no committed baseline {baseline}"
+    baselines = {s: ROOT / "results" / name / f"small-baseline-{s}.csv" for s in reproduction.selections}
+    for path in baselines.values():
+        assert path.is_file(), f"no committed baseline {path}"
     made = cli("reproduce", name, "--small", "--runs", tmp_path / "runs", "--results", tmp_path / "results",
                "--workers", "1", env={"INVBENCH_OFFLINE": "1"}, timeout=900)
     assert made.returncode == 0, made.stderr[-3000:]
     assert (tmp_path / "results" / name / "README.md").is_file()
-    compared = cli("compare", baseline, tmp_path / "runs", "--selection", reproduction.selections[0],
-                   "--moved", str(TOLERANCE))
-    assert compared.returncode == 0, f"numbers moved:\n{compared.stdout}{compared.stderr}"
+    for selection, baseline in baselines.items():
+        compared = cli("compare", baseline, tmp_path / "runs", "--selection", selection, "--moved", str(TOLERANCE))
+        assert compared.returncode == 0, f"numbers moved ({selection}):\n{compared.stdout}{compared.stderr}"

@@ -103,11 +103,16 @@ def _sweep(reproduction, small: bool):
     shrink = dict(reproduction.small)
     options = shrink.pop("options", {})
     names = shrink.pop("datasets", None)
+    keep = shrink.pop("entries", None)  # indices of the sweep's dataset entries
     test_envs = shrink.pop("test_envs", None)
     entries = tuple(dataclasses.replace(e, options={**e.options, **{k: v for k, v in options.items()
                                                                     if k in DATASETS.get(e.name).options}},
-                                        test_envs=e.test_envs if test_envs is None else test_envs)
-                    for e in config.datasets if names is None or e.name in names)
+                                        test_envs=e.test_envs if test_envs is None else test_envs,
+                                        # the small version's steps win over an entry's own
+                                        steps=None if "steps" in shrink else e.steps,
+                                        eval_every=None if "eval_every" in shrink else e.eval_every)
+                    for i, e in enumerate(config.datasets)
+                    if (names is None or e.name in names) and (keep is None or i in keep))
     return dataclasses.replace(config, datasets=entries, **shrink)
 
 

@@ -70,7 +70,7 @@ register(Reproduction(
         "solution, reached within the optimisation's tolerance)",
     ),
     small={"trials": 2, "steps": 300, "eval_every": 300, "options": {"n_per_env": 300},
-           "hparams": {"anneal_iters": 20}},
+           "hparams": {"anneal_iters": 20}, "entries": (0, 1, 2)},  # one setup: F, y-noise sigma, U
 ))
 
 register(Reproduction(
