@@ -132,3 +132,14 @@ def test_accuracy_is_converted_into_the_published_unit():
     assert published.in_unit([3.0], "mse", "mse") == [3.0]
     with pytest.raises(ValueError, match="cannot compare our mse with a published accuracy %"):
         published.in_unit([3.0], "mse", "accuracy %")
+
+
+def test_the_train_envs_column_is_compared_in_the_tables_own_score(tmp_path):
+    tiny_runs(tmp_path / "runs", methods=("erm",), trials=(0, 1))
+    results = load_runs(tmp_path / "runs")
+    board = build_leaderboard(results, get_strategy("last"))
+    write_published(tmp_path / "p.csv", [["paper", "t", "p", "linear_sem", "{}", "erm", "train envs", "mse", 1.0, 0.5,
+                                          "std", 10, ""]])
+    (found,) = published.compare(published.read_published(tmp_path / "p.csv"), board, results, {})
+    cell = board.per_trial[(board.per_trial["method"] == "erm") & board.per_trial["column"].str.startswith("train envs")]
+    assert found.ours == pytest.approx(sum(cell["value"]) / len(cell)) and found.n == 2

@@ -48,7 +48,7 @@ register(Reproduction(
     name="unit_tests",
     title="Linear unit tests for invariance (Aubin et al. 2021)",
     sweep="reproduce_unit_tests",
-    selections=("config_across_trials", "last"),
+    selections=("config_across_trials", "training_domain"),
     published="unit_tests",
     notes=(
         "coral and mmd are left out: a linear model's featurizer is the identity, so their penalties are "

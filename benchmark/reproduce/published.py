@@ -102,6 +102,7 @@ def compare(published: list[Published], board: Any, results: Any, dataset_map: d
     """Each published number with our cell. ``dataset_map`` maps a published dataset to ours
     (Colored MNIST's numbers are held against Colored Fashion-MNIST where MNIST is missing)."""
     from invbench.results.aggregate import mean_se
+    from invbench.results.selection import TRAIN_ENVS
 
     frame = board.per_trial
     out = []
@@ -118,7 +119,10 @@ def compare(published: list[Published], board: Any, results: Any, dataset_map: d
         if cell.empty:
             out.append(Comparison(item, None, None, 0, "no value in our leaderboard"))
             continue
-        values = in_unit([float(v) for v in cell["value"]], str(cell["metric"].iloc[0]), item.unit)
+        metric = str(cell["metric"].iloc[0])
+        if metric == TRAIN_ENVS:  # the training environments' mean of the table's own score
+            metric = str(results.runs.loc[results.runs["dataset"].isin(labels), "score"].iloc[0])
+        values = in_unit([float(v) for v in cell["value"]], metric, item.unit)
         mean, se = mean_se(values)
         out.append(Comparison(item, mean, se, len(values)))
     return out
