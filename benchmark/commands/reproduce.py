@@ -104,6 +104,9 @@ def _sweep(reproduction, small: bool):
     options = shrink.pop("options", {})
     names = shrink.pop("datasets", None)
     keep = shrink.pop("entries", None)  # indices of the sweep's dataset entries
+    methods = shrink.pop("methods", None)
+    if methods is not None:
+        shrink["methods"] = tuple(m for m in config.methods if m in methods)
     test_envs = shrink.pop("test_envs", None)
     entries = tuple(dataclasses.replace(e, options={**e.options, **{k: v for k, v in options.items()
                                                                     if k in DATASETS.get(e.name).options}},
@@ -113,7 +116,7 @@ def _sweep(reproduction, small: bool):
                                         eval_every=None if "eval_every" in shrink else e.eval_every)
                     for i, e in enumerate(config.datasets)
                     if (names is None or e.name in names) and (keep is None or i in keep))
-    return dataclasses.replace(config, datasets=entries, **shrink)
+    return _restrict_entries(dataclasses.replace(config, datasets=entries, **shrink))
 
 
 def _with_flags(config, args):
@@ -142,6 +145,11 @@ def _chunk(config, args):
         if unknown:
             raise ConfigError(f"--datasets: {unknown} not in this reproduction; its datasets: {', '.join(have)}")
         config = dataclasses.replace(config, datasets=tuple(e for e in config.datasets if e.name in datasets))
+    return _restrict_entries(config)
+
+
+def _restrict_entries(config):
+    """Dataset entries reduced to the sweep's methods (an entry left without any is dropped)."""
     entries = tuple(e for e in config.datasets if not e.methods or set(e.methods) & set(config.methods))
     entries = tuple(dataclasses.replace(e, methods=tuple(m for m in e.methods if m in config.methods))
                     for e in entries)

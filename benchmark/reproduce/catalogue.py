@@ -5,7 +5,8 @@ methods, protocol, trials, draws, steps), the selections its tables use (the pap
 first), the published numbers it is held against (results/published/NAME.csv), which steps
 its tidy files keep, and the deviations that the sweep's protocols do not already state
 (those are added from the protocols themselves). `small` is the regression-tracking version
-that `make test` runs: the same sweep shrunk by these overrides.
+that `make test` runs: the same sweep shrunk by these overrides (trials, draws, steps, dataset
+options, and optionally fewer datasets, entries, test environments or methods).
 """
 
 from __future__ import annotations
@@ -86,7 +87,10 @@ register(Reproduction(
         "not the same numbers; the sweep reproduce_cmnist_irm runs the MNIST version where MNIST can be had",
         "a restart is a trial: each draws its own colours and label noise as well as its own initialisation",
     ),
-    small={"trials": 1, "steps": 20, "eval_every": 20, "options": {"image_size": 7}},
+    # the image pipeline (data, colour, MLP, the grayscale model) of three methods: the
+    # methods' own numbers are tracked on the linear reproductions' small versions
+    small={"trials": 1, "steps": 20, "eval_every": 20, "options": {"image_size": 7},
+           "methods": ("erm", "irm", "oracle")},
 ))
 
 register(Reproduction(
@@ -101,6 +105,7 @@ register(Reproduction(
         "Fashion-MNIST stands in for MNIST (see cfmnist_irm): the published numbers are MNIST's",
         "reduced: the draws, trials and steps of the sweep file (its header says how far), on 2 CPU cores",
     ),
+    # the CNN pipeline, with the two feature-matching methods that are ERM on linear models
     small={"trials": 1, "hparam_draws": 1, "steps": 20, "eval_every": 10, "options": {"image_size": 7},
-           "test_envs": ((2,),)},
+           "test_envs": ((2,),), "methods": ("erm", "coral", "mmd")},
 ))
