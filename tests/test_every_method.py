@@ -12,12 +12,12 @@ import math
 import warnings
 
 import pytest
-import torch
 
 import invbench.runner as runner
+from test_resume_methods import interrupted_then_resumed
 from idx_helpers import write_dataset
 from invbench.registry import DATASETS, METHODS
-from invbench.runner import CHECKPOINT, DONE, load_records, run
+from invbench.runner import DONE, load_records, run
 from invbench.spec import make_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -50,23 +50,6 @@ def tiny_spec(dataset, method, data_dir):
         overrides["batch_size"] = 8
     return make_spec(dataset, method, dataset_options=options, data_dir=data_dir, steps=STEPS,
                      eval_every=EVAL_EVERY, overrides=overrides, device="cpu")
-
-
-def interrupted_then_resumed(spec, out, monkeypatch):
-    """Kill the run right after its checkpoint at INTERRUPT_AT is written, then resume it."""
-    original = runner.atomic_write_bytes
-
-    def crash(path, data):
-        original(path, data)
-        if path.name == CHECKPOINT and torch.load(path, weights_only=False)["step"] == INTERRUPT_AT:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(runner, "atomic_write_bytes", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run(spec, out)
-    monkeypatch.setattr(runner, "atomic_write_bytes", original)
-    assert not (out / spec.dirname / DONE).exists()
-    return run(spec, out)
 
 
 def check_records(run_dir, spec, env_names):
@@ -102,7 +85,7 @@ def test_every_method_trains_and_resumes_on_every_dataset(method, dataset, image
     full = run(spec, tmp_path / "full")
     env_names = DATASETS.get(dataset).env_names(spec.dataset_options)
     check_records(full, spec, env_names)
-    resumed = interrupted_then_resumed(spec, tmp_path / "resumed", monkeypatch)
+    resumed = interrupted_then_resumed(spec, tmp_path / "resumed", monkeypatch, at=INTERRUPT_AT)
     assert (resumed / runner.METRICS).read_bytes() == (full / runner.METRICS).read_bytes()
 
 

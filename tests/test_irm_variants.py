@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import invbench.runner as runner
+from test_resume_methods import interrupted_then_resumed
 from invbench.errors import ConfigError
 from invbench.hparams import TRAINING_HPARAMS, Choice, HParam, OneMinusLogUniform, draw
 from invbench.method import compose_loss
@@ -28,7 +29,7 @@ from invbench.packed import PackedModel
 from invbench.packing import make_packs
 from invbench.protocol import get_protocol
 from invbench.registry import METHODS
-from invbench.runner import CHECKPOINT, DONE, METRICS, run, run_pack
+from invbench.runner import METRICS, run, run_pack
 from invbench.spec import HParamWarning, hparam_space, make_spec
 from invbench.tasks import Task
 
@@ -390,22 +391,6 @@ def test_sem_irm_learns_the_causal_coefficients_where_erm_does_not(tmp_path, one
 
 
 # Runs: resume byte-identical, pack as alone -------------------------------------------------
-
-def interrupted_then_resumed(spec, out, monkeypatch, at):
-    original = runner.atomic_write_bytes
-
-    def crash(path, data):
-        original(path, data)
-        if path.name == CHECKPOINT and torch.load(path, weights_only=False)["step"] == at:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(runner, "atomic_write_bytes", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run(spec, out)
-    monkeypatch.setattr(runner, "atomic_write_bytes", original)
-    assert not (out / spec.dirname / DONE).exists()
-    return run(spec, out)
-
 
 VARIANTS = {
     "irm_sem": lambda: make_spec("linear_sem", "irm_sem", preset="irm-paper-sem", steps=40, eval_every=10,

@@ -19,13 +19,13 @@ def spec_for(method, **overrides):
                      overrides={"batch_size": 50, **overrides}, device="cpu")
 
 
-def interrupted_then_resumed(spec, out, monkeypatch):
-    """Kill a run right after its checkpoint at INTERRUPT_AT is written, then resume it."""
+def interrupted_then_resumed(spec, out, monkeypatch, at=INTERRUPT_AT):
+    """Kill a run right after its checkpoint at step ``at`` is written, then resume it."""
     original = runner.atomic_write_bytes
 
     def crash(path, data):
         original(path, data)
-        if path.name == CHECKPOINT and torch.load(path, weights_only=False)["step"] == INTERRUPT_AT:
+        if path.name == CHECKPOINT and torch.load(path, weights_only=False)["step"] == at:
             raise KeyboardInterrupt("simulated kill")
 
     monkeypatch.setattr(runner, "atomic_write_bytes", crash)

@@ -15,8 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from invbench.sweep.executors import EXECUTORS
-from invbench.sweep.schema import SLURM_FLAG_KEYS, ExecutorSettings, describe, flag
+from invbench.commands.sweep import add_executor_flags
 
 DEFAULT_RESULTS = "results"
 
@@ -36,18 +35,12 @@ def register(sub) -> None:
     p.add_argument("--runs", metavar="DIR", help="the run folder (default runs/reproduce/NAME)")
     p.add_argument("--results", metavar="DIR", default=DEFAULT_RESULTS,
                    help="where NAME/ is written (default results; --small: under the run folder)")
-    p.add_argument("--executor", choices=EXECUTORS, help=describe(ExecutorSettings, "kind"))
-    for name in ("workers", "threads", "runs_per_task"):
-        p.add_argument(flag(name), type=int, help=describe(ExecutorSettings, name))
-    p.add_argument(flag("pack_size"), metavar="N|auto", help=describe(ExecutorSettings, "pack_size"))
-    p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
-                   help="an [executor.slurm] setting (repeatable): " + ", ".join(SLURM_FLAG_KEYS))
+    add_executor_flags(p)
     p.add_argument("--data-dir", help="where image datasets look for data")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from invbench.errors import ConfigError
     from invbench.reproduce.catalogue import REPRODUCTIONS, get
 
     if args.list or not args.name:

@@ -32,19 +32,24 @@ def register(sub) -> None:
                                     "a sweep was launched into (its launch's flags are kept there)")
         p.add_argument("--out", help=describe(SweepConfig, "out"))
         if action in ("launch", "retry"):
-            p.add_argument("--executor", choices=EXECUTORS, help=describe(ExecutorSettings, "kind"))
-            for name in ("workers", "threads", "runs_per_task"):
-                p.add_argument(flag(name), type=int, help=describe(ExecutorSettings, name))
-            # text: the key's rule takes a number or "auto" and words its own error
-            p.add_argument(flag("pack_size"), metavar="N|auto", help=describe(ExecutorSettings, "pack_size"))
-            p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
-                           help="an [executor.slurm] setting (repeatable): " + ", ".join(SLURM_FLAG_KEYS))
+            add_executor_flags(p)
         if action != "cancel":
             for name in ("steps", "eval_every", "trials", "hparam_draws"):
                 p.add_argument(flag(name), type=int, help=describe(SweepConfig, name))
             for name in ("device", "data_dir"):
                 p.add_argument(flag(name), help=describe(SweepConfig, name))
         p.set_defaults(func=main)
+
+
+def add_executor_flags(p) -> None:
+    """--executor, --workers, --threads, --runs-per-task, --pack-size, --slurm KEY=VALUE."""
+    p.add_argument("--executor", choices=EXECUTORS, help=describe(ExecutorSettings, "kind"))
+    for name in ("workers", "threads", "runs_per_task"):
+        p.add_argument(flag(name), type=int, help=describe(ExecutorSettings, name))
+    # text: the key's rule takes a number or "auto" and words its own error
+    p.add_argument(flag("pack_size"), metavar="N|auto", help=describe(ExecutorSettings, "pack_size"))
+    p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
+                   help="an [executor.slurm] setting (repeatable): " + ", ".join(SLURM_FLAG_KEYS))
 
 
 def _slurm_settings(items: list[str] | None) -> dict | None:

@@ -124,7 +124,7 @@ def readme_text(reproduction: Reproduction, folder: Path, results: Any, expected
              f"rebuilds everything here from those files; `--report-only` rebuilds without training).", "",
              f"**Status**: {done:,} of {expected_runs:,} runs finished"
              + (" (complete)." if done >= expected_runs else
-                f": this is a partial result; the tables show the cells whose runs finished."), ""]
+                ": this is a partial result; the tables show the cells whose runs finished."), ""]
     lines += ["## Protocol", "", *(f"    {line}" if line else "" for line in sweep_header.splitlines()), ""]
     lines += [f"- {line}" for line in protocol_lines]
     lines += ["", "## Machine and wall time", ""]
