@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from invbench.errors import ConfigError
+from invbench.results.selection import CONFIG_ACROSS_TRIALS, LAST, ORACLE, TEST_ENV_LAST, TRAINING_DOMAIN
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ register(Reproduction(
     name="unit_tests",
     title="Linear unit tests for invariance (Aubin et al. 2021)",
     sweep="reproduce_unit_tests",
-    selections=("config_across_trials", "training_domain"),
+    selections=(CONFIG_ACROSS_TRIALS, TRAINING_DOMAIN),
     published="unit_tests",
     notes=(
         "coral and mmd are left out: a linear model's featurizer is the identity, so their penalties are "
@@ -64,7 +65,7 @@ register(Reproduction(
     name="irm_sem",
     title="Synthetic linear SEMs of the IRM paper (Arjovsky et al. 2019, section 5.1)",
     sweep="reproduce_irm_sem",
-    selections=("test_env_last", "last"),
+    selections=(TEST_ENV_LAST, LAST),
     published="irm_sem",
     notes=(
         "ERM is Adam on the squared loss for the protocol's steps; the paper solves least squares (the same "
@@ -78,7 +79,7 @@ register(Reproduction(
     name="cfmnist_irm",
     title="Colored Fashion-MNIST, IRM protocol (Arjovsky et al. 2019; Krueger et al. 2021; Rame et al. 2022)",
     sweep="reproduce_cfmnist_irm",
-    selections=("last",),
+    selections=(LAST,),
     published="cmnist_irm",
     dataset_map={"cmnist_irm": "cfmnist_irm"},
     notes=(
@@ -97,7 +98,7 @@ register(Reproduction(
     name="cfmnist_domainbed",
     title="Colored Fashion-MNIST, DomainBed protocol (Gulrajani & Lopez-Paz 2021), reduced",
     sweep="reproduce_cfmnist_domainbed",
-    selections=("training_domain", "oracle"),
+    selections=(TRAINING_DOMAIN, ORACLE),
     published="cmnist_domainbed",
     keep="all",
     dataset_map={"cmnist_domainbed": "cfmnist_domainbed"},
