@@ -143,3 +143,26 @@ def test_the_train_envs_column_is_compared_in_the_tables_own_score(tmp_path):
     (found,) = published.compare(published.read_published(tmp_path / "p.csv"), board, results, {})
     cell = board.per_trial[(board.per_trial["method"] == "erm") & board.per_trial["column"].str.startswith("train envs")]
     assert found.ours == pytest.approx(sum(cell["value"]) / len(cell)) and found.n == 2
+
+
+def test_a_chunk_trains_exports_and_export_only_adds_finished_runs_without_launching(cli, tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    made = cli("reproduce", "irm_sem", "--small", "--methods", "erm", "--runs", runs, "--results", results,
+               "--workers", "1")
+    assert made.returncode == 0, made.stderr[-2000:]
+    folder = results / "irm_sem"
+    assert len(tidy.load(folder).runs) == 2  # erm on the small version's one setup, 2 trials
+    for name in ("README.md", "leaderboard-test_env_last.md", "leaderboard-last.tex", "published_vs_ours.csv"):
+        assert (folder / name).is_file(), name
+    readme = (folder / "README.md").read_text()
+    assert "2 of " in readme and "invbench reproduce irm_sem --small" in readme and "## Deviations" in readme
+    # the tidy files lost (a fresh checkout of an older commit): the run folder still has them
+    for path in (folder / "tidy").iterdir():
+        path.unlink()
+    again = cli("reproduce", "irm_sem", "--small", "--methods", "erm", "--runs", runs, "--results", results,
+                "--export-only")
+    assert again.returncode == 0 and "launch" not in again.stderr
+    assert len(tidy.load(folder).runs) == 2
+    chunks = [json.loads(line) for line in (folder / "chunks.jsonl").read_text().splitlines()]
+    assert [c["runs_exported"] for c in chunks] == [2, 2] and chunks[1]["chunk"].endswith("export only")
+    assert 0 < chunks[1]["wall_seconds"] <= chunks[0]["wall_seconds"]

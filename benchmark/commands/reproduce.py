@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--methods", help="a chunk: only these methods (comma-separated)")
     p.add_argument("--datasets", help="a chunk: only these datasets (comma-separated names)")
     p.add_argument("--report-only", action="store_true", help="rebuild results/NAME/ from the tidy files, train nothing")
+    p.add_argument("--export-only", action="store_true",
+                   help="add the runs that finished in the run folder (a chunk stopped early, or a SLURM array) to "
+                        "the tidy files and rebuild results/NAME/, without launching anything")
     p.add_argument("--small", action="store_true",
                    help="the small version that `make test` tracks (tiny data, few steps and trials)")
     p.add_argument("--runs", metavar="DIR", help="the run folder (default runs/reproduce/NAME)")
@@ -58,13 +61,17 @@ def main(args: argparse.Namespace) -> int:
         from invbench.sweep import launcher
 
         started = time.time()
-        code = launcher.launch(chunk)
-        wall = time.time() - started
-        exported = _export(reproduction, chunk, folder)
+        code = 0 if args.export_only else launcher.launch(chunk)
+        wall = 0.0 if args.export_only else time.time() - started
+        exported, span = _export(reproduction, chunk, folder)
         from invbench.reproduce.outputs import machine, record_chunk
 
-        record_chunk(folder, {"chunk": _chunk_text(args), "small": args.small, "exit": code, "runs_exported": exported,
-                              "wall_seconds": round(wall, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        record_chunk(folder, {"chunk": _chunk_text(args) + ("; export only" if args.export_only else ""),
+                              "small": args.small, "exit": code, "runs_exported": exported,
+                              # an export of runs a stopped chunk left: the span from its first run's
+                              # start to its last run's end, read from their done.json
+                              "wall_seconds": round(span if args.export_only else wall, 1),
+                              "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                               "machine": machine(), "command": "invbench reproduce " + shlex.join(sys.argv[2:])})
     written = _write(reproduction, full, folder, args)
     print(written.headline)
@@ -142,6 +149,19 @@ def _chunk(config, args):
 
 
 def _restrict_entries(config):
+    """Dataset entries reduced to the sweep's methods (an entry left without any is dropped),
+    and sweep-wide hyperparameters to those its methods have (a chunk of other methods)."""
+    from invbench.spec import hparam_space
+
+    config = _entries_for_methods(config)
+    known = set()
+    for entry in config.datasets:
+        for method in entry.methods or config.methods:
+            known |= set(hparam_space(method, entry.name, protocol=config.preset))
+    return dataclasses.replace(config, hparams={k: v for k, v in config.hparams.items() if k in known})
+
+
+def _entries_for_methods(config):
     """Dataset entries reduced to the sweep's methods (an entry left without any is dropped)."""
     entries = tuple(e for e in config.datasets if not e.methods or set(e.methods) & set(config.methods))
     entries = tuple(dataclasses.replace(e, methods=tuple(m for m in e.methods if m in config.methods))
@@ -158,23 +178,36 @@ def _chunk_text(args) -> str:
     return "; ".join(p for p in parts if p) or "all"
 
 
-def _export(reproduction, chunk, folder: Path) -> int:
-    """Add the chunk's finished runs to the tidy files; the number of runs exported."""
+def _export(reproduction, chunk, folder: Path) -> tuple[int, float]:
+    """Add the chunk's finished runs to the tidy files; the number of runs exported and the
+    seconds from the first one's start to the last one's end."""
     from invbench.reproduce import tidy
     from invbench.results.load import load_runs
     from invbench.sweep.expansion import expand
 
     if not chunk.out_root.is_dir():
-        return 0
+        return 0, 0.0
     results = load_runs(chunk.out_root)
     wanted = {spec.run_id for spec in expand(chunk)}
     mask = results.runs["run_id"].isin(wanted)
     if not mask.any():
-        return 0
+        return 0, 0.0
     results.runs = results.runs[mask]
     results.records = results.records[results.records["run_id"].isin(wanted)]
     tidy.export(results, folder, reproduction.keep)
-    return int(mask.sum())
+    return int(mask.sum()), _span(results.runs["path"])
+
+
+def _span(paths) -> float:
+    from invbench.io import read_json
+    from invbench.rundir import DONE
+
+    ends, starts = [], []
+    for path in paths:
+        done = read_json(Path(path) / DONE)
+        ends.append(float(done["time"]))
+        starts.append(float(done["time"]) - float(done["wall_time"]))
+    return max(ends) - min(starts) if ends else 0.0
 
 
 def _write(reproduction, config, folder: Path, args):
