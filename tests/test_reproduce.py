@@ -165,4 +165,9 @@ def test_a_chunk_trains_exports_and_export_only_adds_finished_runs_without_launc
     assert len(tidy.load(folder).runs) == 2
     chunks = [json.loads(line) for line in (folder / "chunks.jsonl").read_text().splitlines()]
     assert [c["runs_exported"] for c in chunks] == [2, 2] and chunks[1]["chunk"].endswith("export only")
+    assert [c["runs_new"] for c in chunks] == [2, 2]  # the tidy files had been removed
+    third = cli("reproduce", "irm_sem", "--small", "--methods", "erm", "--runs", runs, "--results", results,
+                "--export-only")
+    assert third.returncode == 0
+    assert json.loads((folder / "chunks.jsonl").read_text().splitlines()[-1])["runs_new"] == 0
     assert 0 < chunks[1]["wall_seconds"] <= chunks[0]["wall_seconds"]

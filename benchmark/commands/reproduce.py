@@ -63,11 +63,11 @@ def main(args: argparse.Namespace) -> int:
         started = time.time()
         code = 0 if args.export_only else launcher.launch(chunk)
         wall = 0.0 if args.export_only else time.time() - started
-        exported, span = _export(reproduction, chunk, folder)
+        exported, new, span = _export(reproduction, chunk, folder)
         from invbench.reproduce.outputs import machine, record_chunk
 
         record_chunk(folder, {"chunk": _chunk_text(args) + ("; export only" if args.export_only else ""),
-                              "small": args.small, "exit": code, "runs_exported": exported,
+                              "small": args.small, "exit": code, "runs_exported": exported, "runs_new": new,
                               # an export of runs a stopped chunk left: the span from its first run's
                               # start to its last run's end, read from their done.json
                               "wall_seconds": round(span if args.export_only else wall, 1),
@@ -178,24 +178,26 @@ def _chunk_text(args) -> str:
     return "; ".join(p for p in parts if p) or "all"
 
 
-def _export(reproduction, chunk, folder: Path) -> tuple[int, float]:
-    """Add the chunk's finished runs to the tidy files; the number of runs exported and the
-    seconds from the first one's start to the last one's end."""
+def _export(reproduction, chunk, folder: Path) -> tuple[int, int, float]:
+    """Add the chunk's finished runs to the tidy files; the number of runs exported, how many
+    of them the tidy files did not have yet, and the seconds from the first one's start to
+    the last one's end."""
     from invbench.reproduce import tidy
     from invbench.results.load import load_runs
     from invbench.sweep.expansion import expand
 
     if not chunk.out_root.is_dir():
-        return 0, 0.0
+        return 0, 0, 0.0
     results = load_runs(chunk.out_root)
     wanted = {spec.run_id for spec in expand(chunk)}
     mask = results.runs["run_id"].isin(wanted)
     if not mask.any():
-        return 0, 0.0
+        return 0, 0, 0.0
+    kept = set(tidy.kept_run_ids(folder))
     results.runs = results.runs[mask]
     results.records = results.records[results.records["run_id"].isin(wanted)]
     tidy.export(results, folder, reproduction.keep)
-    return int(mask.sum()), _span(results.runs["path"])
+    return int(mask.sum()), int((~results.runs["run_id"].isin(kept)).sum()), _span(results.runs["path"])
 
 
 def _span(paths) -> float:

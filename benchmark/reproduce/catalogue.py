@@ -81,6 +81,7 @@ register(Reproduction(
     sweep="reproduce_cfmnist_irm",
     selections=(LAST,),
     published="cmnist_irm",
+    keep="all",  # six evaluations per run: the training curves are worth their bytes
     dataset_map={"cmnist_irm": "cfmnist_irm"},
     notes=(
         "Fashion-MNIST (label: class < 5) stands in for MNIST, which cannot be downloaded on the machine that "

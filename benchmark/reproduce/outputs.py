@@ -82,7 +82,9 @@ def write_outputs(reproduction: Reproduction, folder: Path, published_folder: Pa
             files.append(path)
     headline = boards[reproduction.selections[0]]
     plots = folder / "plots"
-    files += [f for figure in write_plots(headline, results.records, plots).figures for f in figure.files]
+    # curves need every evaluation: with the last step alone there is no curve to draw
+    curves = results.records if reproduction.keep == "all" else results.records.iloc[0:0]
+    files += [f for figure in write_plots(headline, curves, plots).figures for f in figure.files]
     comparisons = []
     if reproduction.published:
         items = published_numbers.read_published(published_folder / f"{reproduction.published}.csv")
@@ -116,7 +118,8 @@ def readme_text(reproduction: Reproduction, folder: Path, results: Any, expected
                 comparisons: list[Any], protocol_lines: list[str], sweep_header: str, command: str) -> str:
     chunks = read_chunks(folder)
     done = results.runs["run_id"].nunique()
-    wall = sum(c.get("wall_seconds", 0.0) for c in chunks)
+    # a chunk that only exported runs already kept adds no time
+    wall = sum(c.get("wall_seconds", 0.0) for c in chunks if c.get("runs_new", 1))
     machines = sorted({json.dumps(c["machine"], sort_keys=True) for c in chunks if c.get("machine")})
     lines = [f"# {reproduction.title}", "",
              f"Regenerate: `{command}` (runs the missing runs of the sweep "

@@ -68,6 +68,16 @@ def export(results: Any, folder: Path, keep: str) -> list[Path]:
     return written
 
 
+def kept_run_ids(folder: Path) -> list[str]:
+    """The ids of the runs the tidy files of ``folder`` hold (none when there are no files)."""
+    import pandas as pd
+
+    ids: set[str] = set()
+    for path in sorted((folder / TIDY_FOLDER).glob("*.csv.gz")):
+        ids |= set(pd.read_csv(path, usecols=["run_id"])["run_id"])
+    return sorted(ids)
+
+
 def load(folder: Path) -> Any:
     """The tidy files of ``folder`` as a Results object that leaderboards can be built from."""
     import pandas as pd
