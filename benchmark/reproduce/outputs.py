@@ -95,7 +95,8 @@ def write_outputs(reproduction: Reproduction, folder: Path, published_folder: Pa
         published_numbers.write_csv(comparisons, folder / "published_vs_ours.csv")
         (folder / "published_vs_ours.md").write_text(published_numbers.to_markdown(comparisons))
         files += [folder / "published_vs_ours.csv", folder / "published_vs_ours.md"]
-    readme = readme_text(reproduction, folder, results, expected_runs, render(headline, "md"), comparisons,
+    tables = {selection: render(board, "md") for selection, board in boards.items()}
+    readme = readme_text(reproduction, folder, results, expected_runs, tables, comparisons,
                          protocol_lines, sweep_header, command)
     (folder / "README.md").write_text(readme)
     files.append(folder / "README.md")
@@ -114,7 +115,7 @@ def _published_by_selection(items: list[Any], reproduction: Reproduction) -> dic
     return out
 
 
-def readme_text(reproduction: Reproduction, folder: Path, results: Any, expected_runs: int, headline_md: str,
+def readme_text(reproduction: Reproduction, folder: Path, results: Any, expected_runs: int, tables: dict[str, str],
                 comparisons: list[Any], protocol_lines: list[str], sweep_header: str, command: str) -> str:
     chunks = read_chunks(folder)
     done = results.runs["run_id"].nunique()
@@ -140,8 +141,11 @@ def readme_text(reproduction: Reproduction, folder: Path, results: Any, expected
                      f"(each chunk's command and time: `{CHUNKS}`)")
     else:
         lines.append("- no chunk has run on this machine yet")
-    lines += ["", f"## Leaderboard ({reproduction.selections[0]} selection)", "",
-              "Mean over trials ± standard error over trials.", "", headline_md.strip(), ""]
+    for number, (selection, table) in enumerate(tables.items()):
+        role = "the paper's selection" if number == 0 else "for comparison"
+        lines += ["", f"## Leaderboard: {selection} selection ({role})", "",
+                  f"Mean over trials ± standard error over trials; files `leaderboard-{selection}.md/.csv/.tex`.",
+                  "", table.strip(), ""]
     if comparisons:
         lines += ["## Published vs ours", "",
                   "Ours: mean over trials ± standard error; published: the paper's mean ± the spread it "
