@@ -71,6 +71,7 @@ def write_outputs(reproduction: Reproduction, folder: Path, published_folder: Pa
     from invbench.results.selection import get_strategy
 
     results = tidy.load(folder)
+    deviation_lines = [line.split(" deviates: ", 1)[1] for line in protocol_lines if " deviates: " in line]
     files: list[Path] = []
     boards = {}
     for selection in reproduction.selections:
@@ -78,7 +79,11 @@ def write_outputs(reproduction: Reproduction, folder: Path, published_folder: Pa
         boards[selection] = board
         for fmt, suffix in (("md", "md"), ("csv", "csv"), ("latex", "tex")):
             path = folder / f"leaderboard-{selection}.{suffix}"
-            path.write_text(render(board, fmt))
+            text = render(board, fmt)
+            if fmt == "md":  # where invbench deliberately differs, the leaderboard says so
+                text += "\nDeviations from the papers' protocols:\n\n" + "".join(
+                    f"- {line}\n" for line in (*reproduction.notes, *deviation_lines))
+            path.write_text(text)
             files.append(path)
     headline = boards[reproduction.selections[0]]
     plots = folder / "plots"
