@@ -96,6 +96,9 @@ class Method:
     # True: the runs train and validate on the dataset's oracle data, where the spurious
     # signal is removed (invbench.data.DatasetFamily.build_oracle), not on its usual data.
     trains_on_oracle_data: ClassVar[bool] = False
+    # True: the objective uses the training data only through each environment's mean loss
+    # (and its derivatives), so it may train on sufficient statistics (invbench.sufficient).
+    exact_on_sufficient_statistics: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -2,7 +2,7 @@
 
 A pack is an execution detail: each of its runs keeps its id, run directory and records.
 Runs are compatible (one ``pack_key``) when they share the dataset and its options, the
-model, the method, steps, eval_every, holdout_fraction, test_envs, device, data_dir, and
+model, the method, steps, eval_every, holdout_fraction, test_envs, train_data, device, data_dir, and
 every hyperparameter that is not a per-run number. Per-run numbers may differ inside a
 pack (they become per-run tensors): integers and floats whose declaration
 (invbench.hparams.HParam) does not change tensor shapes (``shapes=True``: batch_size,
@@ -54,7 +54,8 @@ def pack_key(spec: RunSpec) -> Hashable:
     shared = {name: value for name, value in spec.hparams.items()
               if not (name in per_run and _is_number(value))}
     return (spec.dataset, _canonical(spec.dataset_options), spec.model, spec.method, spec.steps, spec.eval_every,
-            spec.holdout_fraction, tuple(spec.test_envs), spec.device, spec.data_dir, _canonical(shared))
+            spec.holdout_fraction, tuple(spec.test_envs), spec.train_data, spec.device, spec.data_dir,
+            _canonical(shared))
 
 
 def _is_number(value: Any) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 from invbench.errors import ConfigError
 from invbench.hparams import ARCHITECTURE_HPARAMS, HParam, draw, validate_overrides
 from invbench.registry import DATASETS, METHODS
+from invbench.sufficient import EXAMPLES, check_train_data
 
 
 class HParamWarning(UserWarning):
@@ -26,6 +27,7 @@ class HParamWarning(UserWarning):
 
 
 MACHINE = {"machine": True}  # field metadata: not part of the id
+ONLY_WHEN_SET = {"only_when_set": True}  # field metadata: part of the id unless at its default
 SPEC_VERSION = 1  # bump when the meaning of a field changes, so old ids are not reused
 
 
@@ -42,6 +44,9 @@ class RunSpec:
     eval_every: int
     holdout_fraction: float
     model: str
+    # "sufficient_statistics": train on each environment's moments, exact for squared-error
+    # linear models (invbench.sufficient); in the id only when set, so older ids stand
+    train_data: str = field(default=EXAMPLES, metadata=ONLY_WHEN_SET)
     data_dir: str | None = field(default=None, metadata=MACHINE)
     device: str = field(default="auto", metadata=MACHINE)
 
@@ -49,8 +54,10 @@ class RunSpec:
         """The fields that decide the numbers: what the id hashes."""
         out = {"spec_version": SPEC_VERSION}
         for f in dataclasses.fields(self):
-            if not f.metadata.get("machine"):
-                out[f.name] = _plain(getattr(self, f.name))
+            value = getattr(self, f.name)
+            if f.metadata.get("machine") or (f.metadata.get("only_when_set") and value == f.default):
+                continue
+            out[f.name] = _plain(value)
         return out
 
     def canonical_json(self) -> str:
@@ -171,13 +178,15 @@ def make_spec(
     model: str | None = None,
     data_dir: str | None = None,
     device: str = "auto",
+    train_data: str = EXAMPLES,
 ) -> RunSpec:
     """Resolve names, options and hyperparameters into a validated spec.
 
     ``preset`` names a protocol to follow instead of the dataset's own (a warning when the
     dataset is not one it was made for). Hyperparameters: the protocol's defaults (draw 0)
     or draw n of its searches, then the explicit overrides. Steps, evaluation interval and
-    model: the explicit value, then the protocol's, then the dataset's.
+    model: the explicit value, then the protocol's, then the dataset's. ``train_data``:
+    "examples", or "sufficient_statistics" where those are exact (invbench.sufficient).
     """
     from invbench.protocol import warn_if_foreign
 
@@ -215,6 +224,8 @@ def make_spec(
         raise ConfigError(f"holdout fraction must be in [0, 1); got {holdout}")
     tests = tuple(sorted(set(family.default_test_envs_for(options) if test_envs is None else test_envs)))
     family.check_test_envs(options, tests)
+    check_train_data(train_data, method=method, method_cls=method_cls, model=model, task=family.task,
+                     batch_size=int(hparams.get("batch_size", 0)))
     for problem in method_cls.check_hparams(hparams, int(steps)):
         warnings.warn(f"{dataset}/{method}: {problem}", HParamWarning, stacklevel=2)
     return RunSpec(
@@ -229,6 +240,7 @@ def make_spec(
         eval_every=int(eval_every),
         holdout_fraction=holdout,
         model=model,
+        train_data=train_data,
         data_dir=data_dir,
         device=device,
     )

@@ -41,6 +41,7 @@ from invbench.optim import PackedAdam
 from invbench.packed import PackedModel
 from invbench.registry import DATASETS, METHODS
 from invbench.spec import RunSpec
+from invbench.sufficient import SUFFICIENT_STATISTICS, check_train_data, compress
 
 EVAL_CHUNK = 8192
 CHECKPOINT_FORMAT = 2  # 2: one run of a pack (packed Adam state); 1 was torch.optim.Adam's
@@ -214,6 +215,7 @@ class Trainer:
         self.optimizer = PackedAdam(self._trained_parameters(), lr=self._per_run("lr"),
                                     weight_decay=self._per_run("weight_decay"))
         self.l2 = self._per_run("l2").to(torch.float32)
+        self._train_rows = self._sufficient_statistics() if first.train_data == SUFFICIENT_STATISTICS else None
         self.samplers = [MinibatchSampler(env_sizes, batch_size, seed_hash("run", spec.trial, spec.hparams_seed),
                                           self.device) for spec in self.specs]
         self.active = torch.ones(self.runs, dtype=torch.bool, device=self.device)
@@ -222,6 +224,22 @@ class Trainer:
         self._evaluated_at: int | None = None  # the step of the latest records (made or restored)
         self._window: dict[str, torch.Tensor] = {}
         self._window_steps = 0
+
+    def _sufficient_statistics(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each training environment as d + 1 rows with its examples' mean squared error
+        (invbench.sufficient): the full batch of every step."""
+        first = self.spec
+        check_train_data(first.train_data, method=first.method, method_cls=METHODS.get(first.method),
+                         model=first.model, task=self.dataset.task.kind, batch_size=int(self.hparams[0]["batch_size"]))
+        out = []
+        for env in self.train_envs:
+            x, y = self.data.splits[env][TRAIN]
+            if self.data.shared:  # one dataset: compress it once, expand as the examples are
+                rows_x, rows_y = compress(x[:1], y[:1])
+                out.append((rows_x.expand(self.runs, *rows_x.shape[1:]), rows_y.expand(self.runs, rows_y.shape[1])))
+            else:
+                out.append(compress(x, y))
+        return out
 
     def _per_run(self, name: str) -> torch.Tensor:
         return torch.tensor([float(hp[name]) for hp in self.hparams], dtype=torch.float64, device=self.device)
@@ -303,6 +321,8 @@ class Trainer:
 
     def batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every training environment's batch of this step: (x (R, n, ...), y (R, n))."""
+        if self._train_rows is not None:  # sufficient statistics: always the same rows
+            return list(self._train_rows)
         if self.hparams[0]["batch_size"] == 0:  # full batch: every step the same tensors
             return [self.data.splits[env][TRAIN] for env in self.train_envs]
         rows = [sampler.rows(step) for sampler in self.samplers]  # [run][env]

@@ -20,6 +20,8 @@ class ERM(Method):
     colour-blind oracle).
     """
 
+    exact_on_sufficient_statistics = True  # only each environment's mean loss
+
     hparams = {}
 
     def objective(self, model: PackedModel, batches: Sequence[Batch], step: int) -> Objective:

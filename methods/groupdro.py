@@ -31,6 +31,8 @@ class GroupDRO(Method):
     with the training checkpoint, so a resumed run continues the same weights.
     """
 
+    exact_on_sufficient_statistics = True  # only each environment's mean loss
+
     hparams = {
         "eta": HParam(0.01, LogUniform(-3, -1), low=0.0, high=100.0,
                       help="step size of the exponentiated-gradient update of the environment weights"),

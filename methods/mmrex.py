@@ -31,6 +31,8 @@ class MMREx(ScheduledPenaltyMethod):
     registered method of its own (not a V-REx option) because its penalty differs.
     """
 
+    exact_on_sufficient_statistics = True  # only each environment's mean loss
+
     hparams = schedule_hparams(weight=10.0, weight_search=DOMAINBED_WEIGHT_SEARCH, anneal=500,
                                anneal_search=DOMAINBED_ANNEAL_SEARCH, scale_loss=False, reset_optimizer=True,
                                what="excess worst-case risk max_e R_e - mean R (w = 1 - E * lambda_min)")

@@ -7,6 +7,7 @@ from typing import Any
 
 from invbench.errors import ConfigError
 from invbench.devices import DEVICES
+from invbench.sufficient import TRAIN_DATA
 
 
 def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
@@ -39,6 +40,9 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model (default: the protocol's or the dataset's; `invbench list models` lists them)")
     parser.add_argument("--data-dir", help="where image datasets look for data (or INVBENCH_DATA)")
     parser.add_argument("--device", default="auto", help=f"{DEVICES} (default auto)")
+    parser.add_argument("--train-data", default="examples", choices=TRAIN_DATA,
+                        help="train on the examples (default) or on each environment's sufficient statistics: "
+                             "exact and faster for squared-error linear models through the origin, full batch")
 
 
 def spec_from_args(args: argparse.Namespace):
@@ -50,5 +54,5 @@ def spec_from_args(args: argparse.Namespace):
         test_envs=args.test_envs, trial=args.trial, hparams_seed=args.hparams_seed,
         overrides=parse_assignments(args.overrides, "--set"), preset=args.preset,
         steps=args.steps, eval_every=args.eval_every, holdout_fraction=args.holdout_fraction,
-        model=args.model, data_dir=args.data_dir, device=args.device,
+        model=args.model, data_dir=args.data_dir, device=args.device, train_data=args.train_data,
     )

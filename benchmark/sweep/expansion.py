@@ -51,6 +51,7 @@ def expand(config: SweepConfig, *, note: Callable[[str], None] | None = None) ->
                         steps=entry.steps or config.steps, eval_every=entry.eval_every or config.eval_every,
                         holdout_fraction=_first(entry.holdout_fraction, config.holdout_fraction),
                         model=config.model, data_dir=config.data_dir, device=config.device,
+                        train_data=entry.train_data,
                     )
                     if spec.run_id not in seen:
                         seen.add(spec.run_id)

@@ -36,6 +36,7 @@ from typing import Any, Mapping
 from invbench.devices import DEVICES, is_device_name
 from invbench.errors import ConfigError
 from invbench.sweep.executors import EXECUTORS, describe_executors
+from invbench.sufficient import EXAMPLES, TRAIN_DATA
 
 try:
     import tomllib
@@ -313,6 +314,9 @@ class DatasetEntry:
     eval_every: int | None = key(Integer(1), "overrides the sweep's eval_every for this dataset")
     holdout_fraction: float | None = key(Fraction(), "overrides the sweep's holdout_fraction for this dataset")
     hparams: Mapping[str, Any] = key(Table(), "hyperparameter values for this dataset's runs", factory=dict)
+    train_data: str = key(Choice(TRAIN_DATA), "what the runs train on: the examples, or each environment's "
+                                              "sufficient statistics (exact and faster for squared-error linear "
+                                              "models through the origin, full batch)", EXAMPLES)
     # e.g. the IRM paper's SEMs: pooled ERM trains on every environment, IRM holds one out
     methods: tuple[str, ...] = key(Names(), "only these of the sweep's methods train on this entry "
                                             "(default: all of them)", ())
