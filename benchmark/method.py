@@ -178,6 +178,23 @@ class Method:
     # Schedules and checks --------------------------------------------------------------------
 
     @classmethod
+    def sufficient_statistics_problem(cls, hparams: Mapping[str, Any]) -> str | None:
+        """None when runs with these hyperparameters train exactly on each environment's
+        sufficient statistics (invbench.sufficient), else why not (after the method's name)."""
+        if cls.exact_on_sufficient_statistics:
+            return None
+        from invbench.registry import METHODS
+
+        exact = [name for name in METHODS.names() if METHODS.get(name).exact_on_sufficient_statistics]
+        return f"uses more of the data than each environment's mean loss (methods that do not: {', '.join(exact)})"
+
+    @classmethod
+    def shifts_outputs(cls, hparams: Mapping[str, Any]) -> bool:
+        """Whether the objective adds a constant to the model's output (IRMv1's dummy shift):
+        sufficient statistics must then keep the constant, as for a model with an intercept."""
+        return False
+
+    @classmethod
     def check_hparams(cls, hparams: Mapping[str, Any], steps: int) -> list[str]:
         """Valid but suspicious combinations, as messages for a warning (none by default)."""
         return []

@@ -224,7 +224,7 @@ def make_spec(
         raise ConfigError(f"holdout fraction must be in [0, 1); got {holdout}")
     tests = tuple(sorted(set(family.default_test_envs_for(options) if test_envs is None else test_envs)))
     family.check_test_envs(options, tests)
-    check_train_data(train_data, method=method, method_cls=method_cls, model=model, task=family.task,
+    check_train_data(train_data, method=method, method_cls=method_cls, hparams=hparams, model=model, task=family.task,
                      batch_size=int(hparams.get("batch_size", 0)))
     for problem in method_cls.check_hparams(hparams, int(steps)):
         warnings.warn(f"{dataset}/{method}: {problem}", HParamWarning, stacklevel=2)

@@ -41,7 +41,7 @@ from invbench.optim import PackedAdam
 from invbench.packed import PackedModel
 from invbench.registry import DATASETS, METHODS
 from invbench.spec import RunSpec
-from invbench.sufficient import SUFFICIENT_STATISTICS, check_train_data, compress
+from invbench.sufficient import AFFINE_MODELS, SUFFICIENT_STATISTICS, check_train_data, compress
 
 EVAL_CHUNK = 8192
 CHECKPOINT_FORMAT = 2  # 2: one run of a pack (packed Adam state); 1 was torch.optim.Adam's
@@ -226,19 +226,22 @@ class Trainer:
         self._window_steps = 0
 
     def _sufficient_statistics(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Each training environment as d + 1 rows with its examples' mean squared error
+        """Each training environment as a few rows with its examples' mean squared error
         (invbench.sufficient): the full batch of every step."""
         first = self.spec
-        check_train_data(first.train_data, method=first.method, method_cls=METHODS.get(first.method),
-                         model=first.model, task=self.dataset.task.kind, batch_size=int(self.hparams[0]["batch_size"]))
+        for hp in self.hparams:
+            check_train_data(first.train_data, method=first.method, method_cls=METHODS.get(first.method), hparams=hp,
+                             model=first.model, task=self.dataset.task.kind, batch_size=int(hp["batch_size"]))
+        # a constant in the loss (an intercept, a dummy shift): rows that keep it
+        intercept = first.model in AFFINE_MODELS or METHODS.get(first.method).shifts_outputs(self.hparams[0])
         out = []
         for env in self.train_envs:
             x, y = self.data.splits[env][TRAIN]
             if self.data.shared:  # one dataset: compress it once, expand as the examples are
-                rows_x, rows_y = compress(x[:1], y[:1])
+                rows_x, rows_y = compress(x[:1], y[:1], intercept)
                 out.append((rows_x.expand(self.runs, *rows_x.shape[1:]), rows_y.expand(self.runs, rows_y.shape[1])))
             else:
-                out.append(compress(x, y))
+                out.append(compress(x, y, intercept))
         return out
 
     def _per_run(self, name: str) -> torch.Tensor:

@@ -47,6 +47,8 @@ class ANDMask(Method):
     with 10^U(-5, 0) (scripts/models.py): values for a protocol that runs variant "unit_tests".
     """
 
+    exact_on_sufficient_statistics = True  # gradients of each environment's mean loss
+
     hparams = {
         "tau": HParam(1.0, Uniform(0.5, 1.0), low=0.0, high=1.0,
                       help="agreement of the gradient signs a component needs to be kept (fraction of environments)"),

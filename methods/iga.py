@@ -34,6 +34,8 @@ class IGA(Method):
     Defaults: lambda 1000, searched over 10^U(1, 5), in both codes.
     """
 
+    exact_on_sufficient_statistics = True  # gradients of each environment's mean loss
+
     hparams = {
         "penalty_weight": HParam(1000.0, LogUniform(1, 5), low=0.0, high=1e12,
                                  help="lambda: weight of the spread of the environments' gradients"),

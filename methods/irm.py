@@ -76,6 +76,21 @@ class IRM(ScheduledPenaltyMethod):
                                          "environments' penalties"),
     }
 
+    exact_on_sufficient_statistics = True  # with the full-batch estimator (below)
+
+    @classmethod
+    def sufficient_statistics_problem(cls, hparams: Mapping[str, Any]) -> str | None:
+        # the full batch's squared gradient is a function of each environment's mean loss;
+        # the unbiased estimator's halves are not
+        if hparams.get("estimator") == "full_batch":
+            return None
+        return ("with estimator=unbiased multiplies the gradients of two halves of each batch, which sufficient "
+                "statistics do not have; use estimator=full_batch")
+
+    @classmethod
+    def shifts_outputs(cls, hparams: Mapping[str, Any]) -> bool:
+        return hparams.get("dummies", "scale") == "scale_and_shift"
+
     @classmethod
     def check_hparams(cls, hparams: Mapping[str, Any], steps: int) -> list[str]:
         # the interpolated form has no schedule: its anneal step means nothing
