@@ -26,6 +26,7 @@ step (``evaluation_steps``).
 from __future__ import annotations
 
 import io
+import statistics
 import time
 from typing import Any, Sequence
 
@@ -410,13 +411,21 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
+MIN_TIMED_S = 0.05  # cheap steps are timed for at least this long: a few ms are mostly noise
+MAX_STEPS_TIMED = 200
+
+
 def seconds_per_pack_step(specs: Sequence[RunSpec], steps: int = 3) -> float:
-    """Mean wall seconds of one training step of the pack ``specs`` (after one warm-up
-    step), on the specs' device with the current torch thread setting: what `sweep launch`
-    extrapolates its estimate from."""
+    """Median wall seconds of one training step of the pack ``specs`` (after one warm-up
+    step), over ``steps`` steps, or more while they add up to less than MIN_TIMED_S (at most
+    MAX_STEPS_TIMED), on the specs' device with the current torch thread setting: what
+    `sweep launch` extrapolates its estimate from. The median: a busy machine's pauses land
+    on single steps."""
     trainer = Trainer(list(specs))
     trainer.step()  # warm-up: first-call allocations and lazy initialisation
-    start = time.perf_counter()
-    for _ in range(steps):
+    times: list[float] = []
+    while len(times) < steps or (sum(times) < MIN_TIMED_S and len(times) < MAX_STEPS_TIMED):
+        start = time.perf_counter()
         trainer.step()
-    return (time.perf_counter() - start) / steps
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

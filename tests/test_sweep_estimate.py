@@ -109,10 +109,38 @@ def test_a_pack_too_large_to_time_in_full_is_timed_in_part_and_scaled():
 
     packs = [[spec(trial=t) for t in range(256)]]
     found = estimate(packs, workers=1, threads=1, time_pack=timing, clock=lambda: now[0])
-    # the whole budget (5 s) is this kind's: after the probe, (5 - 0.05) // (2 x 0.05) = 49 runs fit
-    assert calls == [(1, 1), (49, STEPS_TIMED)]
-    assert found.seconds == pytest.approx(1000 * 0.001 * 49 ** 0.5 * 256 / 49)
+    # the whole budget (5 s) is this kind's: after the probe, (5 - 0.05) // (2 x 0.05) = 49 runs
+    # fit, timed as parts of 16 and 33 runs; the line through them, at 256 runs
+    assert calls == [(1, 1), (16, STEPS_TIMED), (33, STEPS_TIMED)]
+    per_run = 0.001 * (33 ** 0.5 - 16 ** 0.5) / (33 - 16)
+    assert found.seconds == pytest.approx(1000 * (0.001 * 33 ** 0.5 + per_run * (256 - 33)))
     assert found.extrapolated == 1
+
+
+def test_a_pack_of_cheap_runs_is_its_fixed_cost_per_step_plus_its_runs_cost():
+    # 2 ms of overhead per step and 10 us per run (a linear model on a few rows): scaling one
+    # part by the runs would say 256 / 33 x (2 ms + 0.33 ms) = 18 ms, not 4.56 ms
+    now = [0.0]
+
+    def timing(specs, steps=STEPS_TIMED):
+        now[0] += 0.05 if steps == 1 else 0.1 * len(specs)
+        return 0.002 + 1e-5 * len(specs)
+
+    found = estimate([[spec(trial=t) for t in range(256)]], workers=1, threads=1, time_pack=timing,
+                     clock=lambda: now[0])
+    assert found.seconds == pytest.approx(1000 * (0.002 + 1e-5 * 256))
+
+
+def test_a_part_that_times_slower_than_a_larger_one_never_makes_the_pack_cheaper_than_the_larger():
+    now = [0.0]
+
+    def timing(specs, steps=STEPS_TIMED):  # noise: the small part timed slower than the large one
+        now[0] += 0.05 if steps == 1 else 0.1 * len(specs)
+        return 0.01 if len(specs) < 20 else 0.005
+
+    found = estimate([[spec(trial=t) for t in range(256)]], workers=1, threads=1, time_pack=timing,
+                     clock=lambda: now[0])
+    assert found.seconds == pytest.approx(1000 * 0.005)
 
 
 def test_a_tiny_launch_is_not_timed():

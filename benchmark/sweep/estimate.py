@@ -15,10 +15,12 @@ Rules that keep the measuring cheap:
 - each kind is first probed: one run's setup, one warm-up step and one step. Timing m runs
   of a pack costs at most their setups and 1 + ``STEPS_TIMED`` steps each, under twice
   the probe's wall time per run. Each kind may spend its share of what is left of
-  ``BUDGET_S``: the whole pack is timed when it fits, else the largest part of it that
-  fits (at least 2 runs), scaled to the pack's runs (an upper bound: larger packs amortise
-  more), else the probe's step x the pack's runs: an image model whose steps take seconds,
-  or a pack whose setup is long, is never timed at length;
+  ``BUDGET_S``: the whole pack is timed when it fits; else two parts of it (a third and two
+  thirds of what fits, at least 4 runs) give a fixed cost per step plus a cost per run,
+  extrapolated to the pack's runs (bounded by the larger part's time and that time scaled
+  by the runs); else the part that fits (2-3 runs) scaled to the pack's runs (an upper
+  bound: larger packs amortise more); else the probe's step x the pack's runs: an image
+  model whose steps take seconds, or a pack whose setup is long, is never timed at length;
 - once ``BUDGET_S`` is spent, the kinds left are not timed: they are taken to cost the
   mean seconds per run-step of the kinds timed, and the line says so;
 - a kind whose timing fails (a run that diverges at once) counts as not timed.
@@ -98,6 +100,20 @@ def finish_time(durations: Sequence[float], workers: int) -> float:
     return max(free) if durations else 0.0
 
 
+def _fitted(time_pack: TimePack, pack: Sequence[Any], fits: int) -> float:
+    """A step of ``pack`` from two parts of it (about ``fits`` runs of timing in all): the line
+    through their step times, at the pack's runs. A pack of many cheap runs (sufficient
+    statistics, a linear model on a few rows) costs mostly a fixed overhead per step, which
+    scaling one part by the runs would count again for every part. Kept between the larger
+    part's time (a pack is never cheaper than part of it) and that time scaled by the runs."""
+    small = fits // 3
+    large = fits - small
+    t_small = time_pack(list(pack[:small]), steps=STEPS_TIMED)
+    t_large = time_pack(list(pack[:large]), steps=STEPS_TIMED)
+    per_run = (t_large - t_small) / (large - small)
+    return min(max(t_large + per_run * (len(pack) - large), t_large), t_large * len(pack) / large)
+
+
 def is_tiny(packs: Sequence[Sequence[Any]], kinds: int) -> bool:
     """Whether the launch's pack steps are fewer than TINY_FACTOR times timing's."""
     pack_steps = sum(pack[0].steps for pack in packs)
@@ -140,6 +156,9 @@ def estimate(packs: Sequence[Sequence[Any]], *, workers: int, threads: int,
             fits = int(max(share - (clock() - probe_started), 0.0) // max(per_run, 1e-9))
             if fits >= len(pack):
                 step_time[key] = time_pack(list(pack), steps=STEPS_TIMED)
+            elif fits >= 4:  # two smaller packs of this kind: a fixed cost per step plus one per run
+                step_time[key] = _fitted(time_pack, pack, fits)
+                extrapolated += 1
             elif fits >= 2:  # a smaller pack of this kind, scaled: an upper bound (larger packs amortise more)
                 step_time[key] = time_pack(list(pack[:fits]), steps=STEPS_TIMED) * len(pack) / fits
                 extrapolated += 1
