@@ -19,15 +19,8 @@ METHODS = ("erm", "irm", "vrex", "mmrex", "groupdro")
 DATASETS = ("linear_sem", "example2", "cfmnist_irm", "cfmnist_domainbed")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: timings that do not depend on what else the machine runs."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one intra-op thread: timings that do not depend on what else the machine runs
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Datasets whose model is linear: their steps are mostly per-call overhead, which a pack of

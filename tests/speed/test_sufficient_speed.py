@@ -15,14 +15,8 @@ RUNS_PER_REG = 200
 REGS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one intra-op thread: timings that do not depend on what else the machine runs
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("train_data", ["examples", "sufficient_statistics"])
