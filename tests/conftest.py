@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -29,6 +30,38 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 @pytest.fixture
 def cli():
     return run_cli
+
+
+class CliResult(NamedTuple):
+    code: int
+    out: str
+    err: str
+
+    # a subprocess result's names, for tests that read either
+    @property
+    def returncode(self) -> int:
+        return self.code
+
+    @property
+    def stdout(self) -> str:
+        return self.out
+
+    @property
+    def stderr(self) -> str:
+        return self.err
+
+
+@pytest.fixture
+def invbench(capsys):
+    """The CLI in-process (a fresh interpreter per call would cost seconds of imports):
+    ``invbench(*args)`` -> (code, out, err)."""
+    from invbench.cli import main
+
+    def call(*args) -> CliResult:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+    return call
 
 
 @pytest.fixture

@@ -6,19 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from invbench.cli import main as cli_main
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SWEEP, EXPECTED = FIXTURES / "golden_sweep", FIXTURES / "golden_expected"
-
-
-@pytest.fixture
-def invbench(capsys):
-    def call(*args):
-        code = cli_main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-    return call
 
 
 def test_default_is_the_markdown_leaderboard_with_training_domain_validation(invbench):

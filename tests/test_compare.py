@@ -12,7 +12,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import golden_toy  # noqa: E402,F401  (registers the test-only dataset)
 
-from invbench.cli import main as cli_main  # noqa: E402
 
 from invbench.results.compare import compare_frames, per_trial_values, welch  # noqa: E402
 
@@ -95,21 +94,6 @@ def test_cells_on_one_side_are_listed_not_compared():
     results, only_base, only_cur = compare_frames(frame([0.7, 0.7]), frame([0.7, 0.7], method="irm"))
     assert results == [] and only_base == [("d", "s", "e", "erm", "e", "acc")] \
         and only_cur == [("d", "s", "e", "irm", "e", "acc")]
-
-
-class Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture
-def invbench(capsys):
-    """The CLI in-process (a fresh interpreter per call would cost seconds of imports)."""
-    def call(*args):
-        code = cli_main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-    return call
 
 
 # A real sweep made twice by the runner: the same code must pass, a planted drop must fail.

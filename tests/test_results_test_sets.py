@@ -17,15 +17,6 @@ from invbench.cli import main as cli_main
 UNIT_ENVS = ("E0", "E1", "E2")
 
 
-@pytest.fixture
-def invbench(capsys):
-    def call(*args):
-        code = cli_main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-    return call
-
-
 def _final(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
 

@@ -78,55 +78,46 @@ def test_demo_runs_the_shipped_demo_sweep_then_prints_the_leaderboard_and_writes
 
 # The launch's flags are kept with its runs ------------------------------------------------
 
-from invbench.cli import main as cli_main  # noqa: E402
-
-
-def invbench(capsys, *args):
-    code = cli_main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_status_retry_and_cancel_remember_the_launch_flags(tmp_path, capsys):
+def test_status_retry_and_cancel_remember_the_launch_flags(tmp_path, capsys, invbench):
     path, default_out = write(tmp_path, 'methods = ["erm"]\nhparams = { batch_size = 0 }\n[executor]\nkind = "inline"\n'
                               + DATASET)
     out = tmp_path / "elsewhere"
-    code, _, err = invbench(capsys, "sweep", "launch", path, "--out", out, "--trials", "2", "--steps", "3")
+    code, _, err = invbench("sweep", "launch", path, "--out", out, "--trials", "2", "--steps", "3")
     assert code == 0, err
     for args in ((path, "--out", out), (out,)):  # the sweep file with --out, or the folder alone
-        code, report, err = invbench(capsys, "sweep", "status", *args)
+        code, report, err = invbench("sweep", "status", *args)
         assert code == 0 and err == ""
         assert f"sweep t ({out}): 2 runs" in report and "done: 2" in report, report
-    code, report, _ = invbench(capsys, "sweep", "retry", out)
+    code, report, _ = invbench("sweep", "retry", out)
     assert code == 0
-    assert "nothing to cancel" in invbench(capsys, "sweep", "cancel", out)[1]
+    assert "nothing to cancel" in invbench("sweep", "cancel", out)[1]
     # a flag given again wins, with a note when it addresses other runs than the launch's
-    code, report, err = invbench(capsys, "sweep", "status", out, "--trials", "1")
+    code, report, err = invbench("sweep", "status", out, "--trials", "1")
     assert code == 0 and "1 runs" in report and "done: 1" in report
     assert err == ("invbench: note: --trials 1 differs from the --trials 2 the sweep was launched with: "
                    "this addresses other runs than the launch's\n")
     assert not default_out.exists()  # nothing looked for the runs in the file's own out
 
 
-def test_the_next_launch_of_the_file_keeps_the_launch_flags(tmp_path, capsys):
+def test_the_next_launch_of_the_file_keeps_the_launch_flags(tmp_path, capsys, invbench):
     path, out = write(tmp_path, 'methods = ["erm"]\nhparams = { batch_size = 0 }\n[executor]\nkind = "inline"\n'
                       + DATASET)
-    assert invbench(capsys, "sweep", "launch", path, "--trials", "2", "--steps", "3")[0] == 0
-    code, _, err = invbench(capsys, "sweep", "launch", path)
+    assert invbench("sweep", "launch", path, "--trials", "2", "--steps", "3")[0] == 0
+    code, _, err = invbench("sweep", "launch", path)
     assert code == 0 and "2 runs; done 2" in err and "nothing to launch" in err
-    assert "2 runs" in invbench(capsys, "sweep", "status", path)[1]
+    assert "2 runs" in invbench("sweep", "status", path)[1]
 
 
-def test_a_folder_without_a_launched_sweep_is_a_one_line_error(tmp_path, capsys):
+def test_a_folder_without_a_launched_sweep_is_a_one_line_error(tmp_path, capsys, invbench):
     folder = tmp_path / "runs"
     (folder / ".invbench" / "sweeps").mkdir(parents=True)
-    code, out, err = invbench(capsys, "sweep", "status", folder)
+    code, out, err = invbench("sweep", "status", folder)
     assert code == 2 and out == ""
     assert err == (f"invbench: error: {folder} holds the launches of 0 sweeps (none); name one: "
                    f"`invbench sweep status FILE --out {folder}`\n")
 
 
-def test_cancel_records_the_cancellation_and_status_reads_cancelled_without_an_eta(tmp_path, capsys):
+def test_cancel_records_the_cancellation_and_status_reads_cancelled_without_an_eta(tmp_path, capsys, invbench):
     import socket
     import subprocess
     import sys
@@ -155,8 +146,8 @@ def test_cancel_records_the_cancellation_and_status_reads_cancelled_without_an_e
             (out / spec.dirname).mkdir(parents=True)
             write_launch(out / spec.dirname, "local", f"h:{holder.pid}:1", lock=str(lock), pid=holder.pid,
                          host=socket.gethostname())
-        assert "queued: 2" in invbench(capsys, "sweep", "status", path)[1]
-        code, said, _ = invbench(capsys, "sweep", "cancel", path)
+        assert "queued: 2" in invbench("sweep", "status", path)[1]
+        code, said, _ = invbench("sweep", "cancel", path)
         assert code == 0
         assert said.splitlines() == [f"sent SIGTERM to launcher pid {holder.pid}",
                                      "2 run(s) cancelled; `invbench sweep launch` resumes them"]
@@ -164,7 +155,7 @@ def test_cancel_records_the_cancellation_and_status_reads_cancelled_without_an_e
     finally:
         if holder.poll() is None:
             holder.kill()
-    code, report, _ = invbench(capsys, "sweep", "status", path)
+    code, report, _ = invbench("sweep", "status", path)
     assert code == 0 and "cancelled: 2" in report and "stale: 0" in report and "ETA" not in report
     assert "0/2 done (0%); 2 cancelled: `invbench sweep launch` resumes them" in report
     assert {s.state for s in run_states(expand(config), out)} == {CANCELLED}
@@ -295,7 +286,7 @@ def test_a_missing_scancel_is_a_cancel_error_naming_the_jobs(tmp_path, monkeypat
         SlurmExecutor.cancel([{"job_id": "7_10"}, {"job_id": "7_2"}])
 
 
-def test_launch_and_run_rewrite_the_lost_spec_json_of_a_done_run(tmp_path, capsys):
+def test_launch_and_run_rewrite_the_lost_spec_json_of_a_done_run(tmp_path, capsys, invbench):
     import json
 
     from invbench.sweep.expansion import expand
@@ -303,14 +294,14 @@ def test_launch_and_run_rewrite_the_lost_spec_json_of_a_done_run(tmp_path, capsy
 
     path, out = write(tmp_path, 'methods = ["erm"]\ntrials = 2\nsteps = 2\neval_every = 2\nhparams = { batch_size = 0 }\n'
                       '[executor]\nkind = "inline"\n' + DATASET)
-    assert invbench(capsys, "sweep", "launch", path)[0] == 0
+    assert invbench("sweep", "launch", path)[0] == 0
     specs = expand(load_sweep(path))
     deleted, garbled = (out / spec.dirname for spec in specs)
     (deleted / "spec.json").unlink()
     (garbled / "spec.json").write_text("{not json")
-    code, _, err = invbench(capsys, "collect", out, "-s", "last")
+    code, _, err = invbench("collect", out, "-s", "last")
     assert deleted.name in err and garbled.name in err, err  # what the bug looked like: both left out
-    code, _, err = invbench(capsys, "sweep", "launch", path)
+    code, _, err = invbench("sweep", "launch", path)
     assert code == 0, err
     notes = [line for line in err.splitlines() if line.startswith("invbench: note:")]
     assert len(notes) == 1 and notes[0].startswith(
@@ -319,18 +310,18 @@ def test_launch_and_run_rewrite_the_lost_spec_json_of_a_done_run(tmp_path, capsy
     for spec in specs:
         assert json.loads((out / spec.dirname / "spec.json").read_text()) == json.loads(json.dumps(spec.to_dict()))
     assert [p.read_text() for p in garbled.glob("spec.json.broken-*")] == ["{not json"]  # kept, not deleted
-    code, _, err = invbench(capsys, "collect", out, "-s", "last")
+    code, _, err = invbench("collect", out, "-s", "last")
     assert code == 0 and "warning" not in err and "broken" not in err, err
-    code, _, err = invbench(capsys, "sweep", "launch", path)
+    code, _, err = invbench("sweep", "launch", path)
     assert code == 0 and "invbench: note" not in err  # nothing left to rewrite
 
     args = ["run", "-d", "linear_sem", "-m", "erm", "-o", "n_per_env=50", "--steps", "2", "--out", tmp_path / "one"]
-    code, run_dir, _ = invbench(capsys, *args)
+    code, run_dir, _ = invbench(*args)
     assert code == 0
     spec_json = tmp_path / "one" / run_dir.strip() / "spec.json"
     written = spec_json.read_text()
     spec_json.unlink()
-    code, _, err = invbench(capsys, *args)
+    code, _, err = invbench(*args)
     assert code == 0 and spec_json.read_text() == written
     assert (f"invbench: note: {run_dir.strip().split('/')[-1]}: spec.json was missing; rewritten from this spec, "
             "since the run's done.json is valid for it") in err, err
