@@ -154,12 +154,15 @@ class MLP(nn.Module):
 
 
 class Linear(nn.Module):
-    """A linear model on the flattened input (with or without intercept)."""
+    """A linear model on the flattened input (with or without intercept). Initialised with
+    Xavier-uniform weights and a zero intercept, or with ``torch_init`` as torch.nn.Linear
+    initialises itself: weights and intercept uniform in +-1/sqrt(inputs)."""
 
-    def __init__(self, n_inputs: int, n_outputs: int, bias: bool = True):
+    def __init__(self, n_inputs: int, n_outputs: int, bias: bool = True, torch_init: bool = False):
         super().__init__()
         self.linear = nn.Linear(n_inputs, n_outputs, bias=bias)
-        _xavier_zero_bias(self)
+        if not torch_init:
+            _xavier_zero_bias(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x.reshape(x.shape[0], -1))
@@ -257,6 +260,12 @@ def mlp_grayscale(input_shape: tuple, n_outputs: int, hp: Mapping) -> nn.Module:
 def linear(input_shape: tuple, n_outputs: int, hp: Mapping) -> nn.Module:
     """A linear model with intercept on the flattened input."""
     return Linear(math.prod(input_shape), n_outputs, bias=True)
+
+
+@register_model("linear_torch_init")
+def linear_torch_init(input_shape: tuple, n_outputs: int, hp: Mapping) -> nn.Module:
+    """A linear model with intercept, initialised as torch.nn.Linear is (uniform in +-1/sqrt(d)), as the linear unit tests' code."""
+    return Linear(math.prod(input_shape), n_outputs, bias=True, torch_init=True)
 
 
 @register_model("linear_nobias")

@@ -43,7 +43,7 @@ TRAIN_DATA = (EXAMPLES, SUFFICIENT_STATISTICS)
 # Models whose output is x M: a linear map of the (flattened) input with no intercept.
 THROUGH_ORIGIN_MODELS = ("feature_matrix", "linear_nobias")
 # Models whose output is x M + b.
-AFFINE_MODELS = ("linear",)
+AFFINE_MODELS = ("linear", "linear_torch_init")
 
 
 def check_train_data(value: str, *, method: str, method_cls: type, hparams: dict, model: str, task: str,

@@ -417,14 +417,15 @@ MAX_STEPS_TIMED = 200
 
 def seconds_per_pack_step(specs: Sequence[RunSpec], steps: int = 3) -> float:
     """Median wall seconds of one training step of the pack ``specs`` (after one warm-up
-    step), over ``steps`` steps, or more while they add up to less than MIN_TIMED_S (at most
-    MAX_STEPS_TIMED), on the specs' device with the current torch thread setting: what
-    `sweep launch` extrapolates its estimate from. The median: a busy machine's pauses land
-    on single steps."""
+    step), over ``steps`` steps, or, when more than one, over as many more as make
+    MIN_TIMED_S (at most MAX_STEPS_TIMED), on the specs' device with the current torch
+    thread setting: what `sweep launch` extrapolates its estimate from (a one-step probe
+    stays one step). The median: a busy machine's pauses land on single steps."""
+    min_seconds = MIN_TIMED_S if steps > 1 else 0.0
     trainer = Trainer(list(specs))
     trainer.step()  # warm-up: first-call allocations and lazy initialisation
     times: list[float] = []
-    while len(times) < steps or (sum(times) < MIN_TIMED_S and len(times) < MAX_STEPS_TIMED):
+    while len(times) < steps or (sum(times) < min_seconds and len(times) < MAX_STEPS_TIMED):
         start = time.perf_counter()
         trainer.step()
         times.append(time.perf_counter() - start)

@@ -30,7 +30,7 @@ class LinearUnitTest(DatasetFamily):
 
     example: str = ""  # "example1", ...: the data stream, shared by the scrambled variant
     scrambled: bool = False
-    model = "linear"  # a linear model with bias, as in the paper
+    model = "linear_torch_init"  # a linear model with bias, initialised as the paper's code
     options = {
         "dim_inv": HParam(5, low=1, high=10_000, help="dimension of the invariant block"),
         "dim_spu": HParam(5, low=1, high=10_000, help="dimension of the spurious block"),

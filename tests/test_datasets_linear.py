@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from invbench.models import Linear
+from invbench.models import Linear, build_model
 from invbench.registry import DATASETS
 from invbench.spec import make_spec
 
@@ -219,8 +219,22 @@ def test_validation_is_a_fresh_sample_or_a_holdout():
     assert all(tuple(r) in rows for r in held["val"][0].tolist())  # carved out of the same sample
 
 
+def test_the_unit_tests_model_starts_as_torch_nn_linear_does():
+    # the unit tests' code keeps torch.nn.Linear's own initialisation: weights and intercept
+    # uniform in +-1/sqrt(d), drawn from torch's generator as nn.Linear draws them
+    torch.manual_seed(7)
+    ours = build_model("linear_torch_init", (10,), 1, {})
+    torch.manual_seed(7)
+    reference = torch.nn.Linear(10, 1)
+    assert torch.equal(ours.linear.weight, reference.weight) and torch.equal(ours.linear.bias, reference.bias)
+    assert float(ours.linear.weight.abs().max()) <= 10 ** -0.5 and float(ours.linear.bias.abs()) > 0
+    # every method of the protocol trains it
+    assert {make_spec("example1", m).model for m in ("erm", "irm", "andmask", "iga", "oracle", "vrex")} == {
+        "linear_torch_init"}
+
+
 def test_unit_test_defaults_follow_the_paper():
     spec = make_spec("example3s", "erm")
-    assert (spec.steps, spec.model, spec.test_envs, spec.hparams["batch_size"]) == (10_000, "linear", (), 0)
+    assert (spec.steps, spec.model, spec.test_envs, spec.hparams["batch_size"]) == (10_000, "linear_torch_init", (), 0)
     assert spec.dataset_options == {"dim_inv": 5, "dim_spu": 5, "n_envs": 3, "n_per_env": 10_000}
     assert {"example1", "example1s", "example2", "example2s", "example3", "example3s"} <= set(DATASETS.names())

@@ -106,7 +106,7 @@ def test_every_code_block_of_the_docs_runs(tmp_path):
     out = driven.stdout
     for name in ("my_method:", "spread_rex:", "spurious_gaussians:", "ckmnist_irm:"):
         assert f"  {name}" in out, f"{name} not listed"
-    assert "models that fit: cnn, linear, linear_nobias, mlp, mlp_grayscale" in out  # the oracle refused images
+    assert "models that fit: cnn, linear, linear_nobias, linear_torch_init, mlp, mlp_grayscale" in out  # the oracle refused images
     done = sorted(p.parent.name.split("-")[:2] for p in (tmp_path / "runs").glob("*/done.json"))
     assert ["ckmnist_irm", "erm"] in done and ["spurious_gaussians", "irm"] in done
     assert ["linear_sem", "spread_rex"] in done and ["linear_sem", "my_method"] in done

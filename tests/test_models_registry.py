@@ -14,7 +14,7 @@ from invbench.models import MODELS, Accepts, accepts_of, build_model, check_mode
 from invbench.runner import run
 from invbench.spec import make_spec
 
-BUILT_IN = {"cnn", "feature_matrix", "linear", "linear_nobias", "mlp", "mlp_grayscale"}
+BUILT_IN = {"cnn", "feature_matrix", "linear", "linear_nobias", "linear_torch_init", "mlp", "mlp_grayscale"}
 
 
 @pytest.fixture
@@ -43,10 +43,10 @@ def test_the_built_in_models_are_registered():
 # needs at least two dimensions; the CNN convolves (channels, height, width) images only; the
 # SEM's feature matrix is square over a feature vector.
 @pytest.mark.parametrize("shape, fitting", [
-    ((10,), {"feature_matrix", "linear", "linear_nobias", "mlp"}),
-    ((2, 196), {"linear", "linear_nobias", "mlp", "mlp_grayscale"}),
+    ((10,), {"feature_matrix", "linear", "linear_nobias", "linear_torch_init", "mlp"}),
+    ((2, 196), {"linear", "linear_nobias", "linear_torch_init", "mlp", "mlp_grayscale"}),
     ((2, 14, 14), BUILT_IN - {"feature_matrix"}),
-    ((1, 2, 14, 14), {"linear", "linear_nobias", "mlp", "mlp_grayscale"}),
+    ((1, 2, 14, 14), {"linear", "linear_nobias", "linear_torch_init", "mlp", "mlp_grayscale"}),
 ])
 def test_models_that_fit_each_input_shape(shape, fitting):
     assert set(models_that_fit(shape, 1)) == fitting
@@ -64,11 +64,11 @@ def test_a_model_that_does_not_fit_is_one_line_naming_those_that_do():
     assert "\n" not in message
     assert message.startswith("model 'cnn' needs (channels, height, width) inputs")
     assert "shape (10,)" in message
-    assert message.endswith("models that fit: feature_matrix, linear, linear_nobias, mlp")
+    assert message.endswith("models that fit: feature_matrix, linear, linear_nobias, linear_torch_init, mlp")
 
 
 def test_building_a_model_that_does_not_fit_is_the_same_error():
-    with pytest.raises(ConfigError, match="models that fit: feature_matrix, linear, linear_nobias, mlp$"):
+    with pytest.raises(ConfigError, match="models that fit: feature_matrix, linear, linear_nobias, linear_torch_init, mlp$"):
         build_model("mlp_grayscale", (10,), 1, {"hidden_dim": 4})
 
 

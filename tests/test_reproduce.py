@@ -171,3 +171,24 @@ def test_a_chunk_trains_exports_and_export_only_adds_finished_runs_without_launc
     assert third.returncode == 0
     assert json.loads((folder / "chunks.jsonl").read_text().splitlines()[-1])["runs_new"] == 0
     assert 0 < chunks[1]["wall_seconds"] <= chunks[0]["wall_seconds"]
+
+
+def test_a_published_average_or_worst_is_compared_with_each_trials_average_or_worst_environment(tmp_path):
+    # runs trained on every environment: a table with a column per environment, then avg and worst
+    for trial in (0, 1, 2):
+        run(make_spec("linear_sem", "erm", dataset_options={"n_per_env": 100}, test_envs=(), trial=trial, steps=20,
+                      eval_every=20, device="cpu"), tmp_path / "runs")
+    results = load_runs(tmp_path / "runs")
+    board = build_leaderboard(results, get_strategy("last"))
+    envs = ("sigma=0.2", "sigma=2", "sigma=5")
+    rows = board.per_trial[board.per_trial["column"].isin(envs)]
+    per_trial = {t: [float(rows[(rows["trial"] == t) & (rows["column"] == e)]["value"].iloc[0]) for e in envs]
+                 for t in (0, 1, 2)}
+    write_published(tmp_path / "p.csv", [
+        ["paper", "t", "p", "linear_sem", "{}", "erm", "avg", "mse", 1.0, 0.5, "std", 10, ""],
+        ["paper", "t", "p", "linear_sem", "{}", "erm", "worst", "mse", 1.0, 0.5, "std", 10, ""],
+    ])
+    average, worst = published.compare(published.read_published(tmp_path / "p.csv"), board, results, {})
+    assert average.n == worst.n == 3
+    assert average.ours == pytest.approx(sum(sum(v) / 3 for v in per_trial.values()) / 3)
+    assert worst.ours == pytest.approx(sum(max(v) for v in per_trial.values()) / 3)  # MSE: the largest

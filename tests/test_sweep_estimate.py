@@ -143,6 +143,24 @@ def test_a_part_that_times_slower_than_a_larger_one_never_makes_the_pack_cheaper
     assert found.seconds == pytest.approx(1000 * 0.005)
 
 
+def test_a_launch_of_many_kinds_gets_a_budget_per_kind():
+    # 12 methods' packs of 16 runs: a probe 0.05 s, timing 0.1 s per run. With 5 s in all
+    # (0.42 s a kind) no kind could time 4 runs; with 1.25 s a kind (15 s) each fits 12
+    now = [0.0]
+    calls = []
+
+    def timing(specs, steps=STEPS_TIMED):
+        calls.append((specs[0].method, len(specs), steps))
+        now[0] += 0.05 if steps == 1 else 0.1 * len(specs)
+        return 0.001 * len(specs)
+
+    methods = ["erm", "irm", "vrex", "mmrex", "groupdro", "andmask", "iga", "coral", "mmd", "sd", "iberm", "ibirm"]
+    packs = [[spec(method, trial=t) for t in range(16)] for method in methods]
+    found = estimate(packs, workers=1, threads=1, time_pack=timing, clock=lambda: now[0])
+    assert {method for method, runs, steps in calls if steps == STEPS_TIMED and runs >= 4} == set(methods)
+    assert found.untimed == 0 and found.seconds == pytest.approx(12 * 1000 * 0.016)
+
+
 def test_a_tiny_launch_is_not_timed():
     timing = FakeTiming()
     assert estimate([[spec(steps=20)], [spec(trial=1, steps=20)]], workers=1, threads=1, time_pack=timing) is None

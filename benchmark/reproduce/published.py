@@ -101,7 +101,7 @@ def in_unit(values: list[float], metric: str, unit: str) -> list[float]:
 def compare(published: list[Published], board: Any, results: Any, dataset_map: dict[str, str]) -> list[Comparison]:
     """Each published number with our cell. ``dataset_map`` maps a published dataset to ours
     (Colored MNIST's numbers are held against Colored Fashion-MNIST where MNIST is missing)."""
-    from invbench.results.aggregate import mean_se
+    from invbench.results.aggregate import AVG, WORST, mean_se
     from invbench.results.selection import TRAIN_ENVS
 
     frame = board.per_trial
@@ -116,16 +116,45 @@ def compare(published: list[Published], board: Any, results: Any, dataset_map: d
         column = frame["column"]
         named = (column == item.column) | column.str.startswith(item.column + " (")
         cell = frame[frame["dataset"].isin(labels) & (frame["method"] == item.row) & named]
-        if cell.empty:
+        if cell.empty and item.column in (AVG, WORST):
+            metric, raw = _combined_per_trial(board, labels, item.row, item.column)
+        elif cell.empty:
+            raw = []
+        else:
+            metric, raw = str(cell["metric"].iloc[0]), [float(v) for v in cell["value"]]
+        if not raw:
             out.append(Comparison(item, None, None, 0, "no value in our leaderboard"))
             continue
-        metric = str(cell["metric"].iloc[0])
         if metric == TRAIN_ENVS:  # the training environments' mean of the table's own score
             metric = str(results.runs.loc[results.runs["dataset"].isin(labels), "score"].iloc[0])
-        values = in_unit([float(v) for v in cell["value"]], metric, item.unit)
+        values = in_unit(raw, metric, item.unit)
         mean, se = mean_se(values)
         out.append(Comparison(item, mean, se, len(values)))
     return out
+
+
+def _combined_per_trial(board: Any, labels: list[str], method: str, column: str) -> tuple[str, list[float]]:
+    """(metric, per-trial values) of a table's average or worst over its environment columns:
+    each trial that has every environment, as the leaderboard's own avg and worst cells."""
+    from invbench.metrics import metric as metric_meaning
+    from invbench.results.aggregate import AVG
+
+    for table in board.tables:
+        if table.dataset not in labels or AVG not in table.columns:
+            continue
+        envs = table.columns[:table.columns.index(AVG)]
+        rows = table.per_trial_of(board.per_trial)
+        rows = rows[(rows["method"] == method) & rows["column"].isin(envs)]
+        by_trial = rows.pivot_table(index="trial", columns="column", values="value", aggfunc="first")
+        by_trial = by_trial.reindex(columns=envs).dropna()
+        if by_trial.empty:
+            continue
+        if column == AVG:
+            values = by_trial.mean(axis=1)
+        else:
+            values = by_trial.min(axis=1) if metric_meaning(table.metric).higher_is_better else by_trial.max(axis=1)
+        return table.metric, [float(v) for v in values]
+    return "", []
 
 
 def rows_for_csv(comparisons: list[Comparison]) -> list[dict]:

@@ -15,13 +15,15 @@ Rules that keep the measuring cheap:
 - each kind is first probed: one run's setup, one warm-up step and one step. Timing m runs
   of a pack costs at most their setups and 1 + ``STEPS_TIMED`` steps each, under twice
   the probe's wall time per run. Each kind may spend its share of what is left of
-  ``BUDGET_S``: the whole pack is timed when it fits; else two parts of it (a third and two
+  the budget: the whole pack is timed when it fits; else two parts of it (a third and two
   thirds of what fits, at least 4 runs) give a fixed cost per step plus a cost per run,
   extrapolated to the pack's runs (bounded by the larger part's time and that time scaled
   by the runs); else the part that fits (2-3 runs) scaled to the pack's runs (an upper
   bound: larger packs amortise more); else the probe's step x the pack's runs: an image
   model whose steps take seconds, or a pack whose setup is long, is never timed at length;
-- once ``BUDGET_S`` is spent, the kinds left are not timed: they are taken to cost the
+- the budget is ``BUDGET_S``, or ``BUDGET_PER_KIND_S`` per kind when there are many (at
+  most ``MAX_BUDGET_S``): a part of 2 runs says little about a pack of 256;
+- once the budget is spent, the kinds left are not timed: they are taken to cost the
   mean seconds per run-step of the kinds timed, and the line says so;
 - a kind whose timing fails (a run that diverges at once) counts as not timed.
 """
@@ -35,6 +37,8 @@ from typing import Any, Callable, Hashable, Sequence
 
 STEPS_TIMED = 3
 BUDGET_S = 5.0
+BUDGET_PER_KIND_S = 1.25  # a launch of many kinds gets this much per kind, at most MAX_BUDGET_S
+MAX_BUDGET_S = 30.0
 TINY_FACTOR = 25
 
 TimePack = Callable[..., float]  # (specs, steps=...) -> mean seconds of one step of the pack
@@ -122,7 +126,7 @@ def is_tiny(packs: Sequence[Sequence[Any]], kinds: int) -> bool:
 
 def estimate(packs: Sequence[Sequence[Any]], *, workers: int, threads: int,
              tasks: Sequence[Sequence[Sequence[Any]]] | None = None, time_pack: TimePack | None = None,
-             budget_s: float = BUDGET_S, clock: Callable[[], float] = time.monotonic) -> Estimate | None:
+             budget_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> Estimate | None:
     """The estimate for ``packs`` run by ``workers`` at once (``tasks``: SLURM's packs per
     array task); None for a tiny launch. ``time_pack`` defaults to
     invbench.trainer.seconds_per_pack_step."""
@@ -139,6 +143,8 @@ def estimate(packs: Sequence[Sequence[Any]], *, workers: int, threads: int,
             kinds[key] = pack
     if is_tiny(packs, len(kinds)):
         return None
+    if budget_s is None:
+        budget_s = min(max(BUDGET_S, BUDGET_PER_KIND_S * len(kinds)), MAX_BUDGET_S)
     step_time: dict[Hashable, float] = {}  # seconds of one step of the kind's largest pack
     extrapolated = 0
     started = clock()
