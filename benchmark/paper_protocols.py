@@ -26,6 +26,9 @@ IRM_TUNED_SCHEDULE = {"anneal_iters": 190, "penalty_weight": 91257.18613115903, 
 # scale and shift, penalties summed over the environments, the full-batch gradients squared.
 UNIT_TESTS_IRM = {"form": "interpolated", "dummies": "scale_and_shift", "penalty_reduction": "sum",
                   "estimator": "full_batch"}
+# The REx code's MM-REx on Colored MNIST (see irm-paper's method_hparams).
+REX_CODE_MMREX = {"penalty_weight": 10_000.0, "anneal_iters": 100, "scale_loss": True, "reset_optimizer": False,
+                  "l2": 0.0005}
 # The IRM code's regularisations for its SEMs (irm_sem's reg; it keeps the best on sigma = 5).
 IRM_CODE_SEM_REGS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 # The code's tuned grayscale (colour-blind) ERM: hidden 83, l2, lr, 101 steps.
@@ -43,8 +46,11 @@ register(Protocol(
         "irm": {**IRM_TUNED_TRAINING, **IRM_TUNED_SCHEDULE, "estimator": "full_batch"},
         "vrex": {**IRM_TUNED_TRAINING, **IRM_TUNED_SCHEDULE, "risk_reduction": "mean"},
         "groupdro": IRM_TUNED_TRAINING,
-        # the code's schedule without IRMv1's tuned weight (see the deviation below)
-        "mmrex": {k: v for k, v in IRM_TUNED_SCHEDULE.items() if k != "penalty_weight"},
+        # the REx code's MM-REx run (its main.py with --mse False): the tuned ERM's training
+        # values, sum_e R_e + 10,000 |R_1 - R_2| after 100 steps (1 before), divided by the
+        # weight. For two environments |R_1 - R_2| = 2 (max_e R_e - mean R) and the sum is
+        # 2 mean R, so that loss is twice ours with w = 10,000 and half the l2 weight
+        "mmrex": REX_CODE_MMREX,
         "oracle": GRAYSCALE_TUNED,
         # the Fishr paper's Colored MNIST code: IRM's tuned values, no moving average, summed
         # squared distance, weight 1.0 before the anneal, loss divided by the weight
@@ -66,8 +72,8 @@ register(Protocol(
         "the code trains 501 steps and reports the last: our step 500 is the same model, after 500 updates",
         "V-REx and group DRO take IRMv1's tuned training values, as the Fishr paper's re-run "
         "(Rame et al. 2022); V-REx with mean risk and variance penalty; group DRO's eta keeps its default",
-        "MM-REx has no published values for this protocol: the code's schedule (anneal 190, loss divided "
-        "by the weight) with MM-REx's own weight",
+        "MM-REx as the REx code ran it (penalty weight 10,000 from step 100), written as mean risk + w (max risk "
+        "- mean risk): half the code's loss, so half its l2 weight (0.0005)",
         "spectral decoupling trains its paper's 2001 steps as our 2000, with its own tuned values (hidden 300, "
         "lr 1e-4, sd_reg 2e-5 switched to its loss form at step 450)",
         "the grayscale oracle (method oracle) trains the code's 101 steps as our 100, on the data with colour "

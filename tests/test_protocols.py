@@ -83,9 +83,37 @@ def test_a_new_scheduled_penalty_method_keeps_its_own_weight_on_cmnist_irm(new_p
                for s in range(1, 20))
     # the protocol's values for every method (full batch, the tuned ERM's training values) do apply
     assert (hp["batch_size"], hp["hidden_dim"], hp["l2"], hp["lr"]) == (0, 256, 0.001, 0.001)
-    # MM-REx, named by the protocol: the IRM code's schedule, its own weight
+    # MM-REx, named by the protocol: the REx code's run (weight 10,000 from step 100, divided by
+    # it), with half the l2 weight since our loss is half the code's
     mmrex = make_spec("cmnist_irm", "mmrex").hparams
-    assert (mmrex["penalty_weight"], mmrex["anneal_iters"], mmrex["scale_loss"]) == (10.0, 190, True)
+    assert (mmrex["penalty_weight"], mmrex["anneal_iters"], mmrex["scale_loss"], mmrex["reset_optimizer"],
+            mmrex["l2"], mmrex["lr"], mmrex["hidden_dim"]) == (10_000.0, 100, True, False, 0.0005, 0.001, 256)
+
+
+def test_mmrex_under_the_irm_protocol_is_half_the_rex_codes_loss():
+    # the REx code (two environments): sum R_e + l2 |theta|^2 + W |R_1 - R_2|, divided by W
+    # after the anneal; ours: mean R + l2' |theta|^2 + w (max R - mean R), divided by w
+    import torch
+
+    from invbench.method import compose_loss
+    from invbench.tasks import Task
+
+    hp = make_spec("cmnist_irm", "mmrex").hparams
+    method = METHODS.get("mmrex")(hp, 2, Task("binary"))
+    risks = torch.tensor([[0.7], [0.4]])  # (E, R)
+
+    class Params:  # a model of one parameter vector theta, for the l2 term
+        theta = torch.tensor([[1.0, 2.0]])
+
+        def packed_parameters(self):
+            return {"theta": self.theta}
+
+    method.env_losses = lambda logits, batches: risks
+    method.env_logits = lambda model, batches: None
+    after = compose_loss(method.objective(Params(), [], step=hp["anneal_iters"]), Params(),
+                         torch.tensor([hp["l2"]]))
+    code = (0.7 + 0.4 + 0.001 * 5.0 + 10_000 * abs(0.7 - 0.4)) / 10_000
+    assert after.item() == pytest.approx(code / 2, rel=1e-6)
 
 
 def test_every_dataset_names_a_registered_protocol_made_for_it():
