@@ -411,21 +411,16 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
-MIN_TIMED_S = 0.05  # cheap steps are timed for at least this long: a few ms are mostly noise
-MAX_STEPS_TIMED = 200
-
-
 def seconds_per_pack_step(specs: Sequence[RunSpec], steps: int = 3) -> float:
-    """Median wall seconds of one training step of the pack ``specs`` (after one warm-up
-    step), over ``steps`` steps, or, when more than one, over as many more as make
-    MIN_TIMED_S (at most MAX_STEPS_TIMED), on the specs' device with the current torch
-    thread setting: what `sweep launch` extrapolates its estimate from (a one-step probe
-    stays one step). The median: a busy machine's pauses land on single steps."""
-    min_seconds = MIN_TIMED_S if steps > 1 else 0.0
+    """Median wall seconds of one training step of the pack ``specs`` over ``steps`` steps
+    (after one warm-up step), on the specs' device with the current torch thread setting:
+    what `sweep launch` extrapolates its estimate from. The median: a busy machine's pauses
+    land on single steps. Never more steps than that: a run's schedule, or a plugin, may
+    do something at a later step."""
     trainer = Trainer(list(specs))
     trainer.step()  # warm-up: first-call allocations and lazy initialisation
     times: list[float] = []
-    while len(times) < steps or (sum(times) < min_seconds and len(times) < MAX_STEPS_TIMED):
+    for _ in range(steps):
         start = time.perf_counter()
         trainer.step()
         times.append(time.perf_counter() - start)

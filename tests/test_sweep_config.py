@@ -247,7 +247,7 @@ def test_a_large_sweep_says_that_it_is_expanding(monkeypatch):
 def test_a_model_that_does_not_fit_the_data_is_caught_before_launch():
     with pytest.raises(ConfigError, match=r"^linear_sem: model 'mlp_grayscale' needs \(channels, ...\) inputs; the "
                                           r"data have inputs of shape \(10,\) and 1 output; models that fit: "
-                                          r"feature_matrix, linear, linear_nobias, mlp \(the dataset's default model is "
+                                          r"feature_matrix, linear, linear_nobias, linear_torch_init, mlp \(the dataset's default model is "
                                           r"'linear_nobias'\)$"):
         preflight(expand(sweep(model="mlp_grayscale")))
     with pytest.raises(ConfigError, match="linear_sem: model 'cnn' needs"):

@@ -194,3 +194,14 @@ def test_a_launch_prints_the_estimate_before_it_starts(tmp_path, monkeypatch):
                 "(timed 3 steps of the pack kind on this machine)")
     assert lines[lines.index("launch: 4 run(s) with the inline executor") + 1] == expected
     assert lines[-1] == "sweep t: done 4"  # printed before the runs ran
+
+
+def test_timing_a_pack_takes_one_warm_up_step_and_the_steps_asked_for(monkeypatch):
+    # never more: a schedule or a plugin (a run that waits at a step) may act at a later step
+    import invbench.trainer
+
+    taken = []
+    real_step = invbench.trainer.Trainer.step
+    monkeypatch.setattr(invbench.trainer.Trainer, "step", lambda self: taken.append(1) or real_step(self))
+    assert invbench.trainer.seconds_per_pack_step([spec(steps=1000)], steps=STEPS_TIMED) > 0
+    assert len(taken) == 1 + STEPS_TIMED
