@@ -136,8 +136,7 @@ def compare(published: list[Published], board: Any, results: Any, dataset_map: d
 def _combined_per_trial(board: Any, labels: list[str], method: str, column: str) -> tuple[str, list[float]]:
     """(metric, per-trial values) of a table's average or worst over its environment columns:
     each trial that has every environment, as the leaderboard's own avg and worst cells."""
-    from invbench.metrics import metric as metric_meaning
-    from invbench.results.aggregate import AVG
+    from invbench.results.aggregate import AVG, worst_of
 
     for table in board.tables:
         if table.dataset not in labels or AVG not in table.columns:
@@ -149,11 +148,8 @@ def _combined_per_trial(board: Any, labels: list[str], method: str, column: str)
         by_trial = by_trial.reindex(columns=envs).dropna()
         if by_trial.empty:
             continue
-        if column == AVG:
-            values = by_trial.mean(axis=1)
-        else:
-            values = by_trial.min(axis=1) if metric_meaning(table.metric).higher_is_better else by_trial.max(axis=1)
-        return table.metric, [float(v) for v in values]
+        combine = (lambda xs: sum(xs) / len(xs)) if column == AVG else worst_of(table.metric)
+        return table.metric, [float(combine(list(row))) for row in by_trial.itertuples(index=False)]
     return "", []
 
 

@@ -37,6 +37,11 @@ from invbench.results.selection import DEFAULT_SELECTION, TRAIN_ENVS, Missing, S
 from invbench.splits import SPLITS, TRAIN
 
 AVG, WORST = "avg", "worst"
+
+
+def worst_of(metric: str):
+    """min or max: the worst of several environments' values of ``metric``."""
+    return min if metric_meaning(metric).higher_is_better else max
 # The test_envs text of runs that trained on every environment, and of a table's columns
 # that each hold out their own set (a table's average and worst over them).
 NO_TEST_ENVS, EACH = "none", "each"
@@ -244,7 +249,7 @@ def _table(dataset: str, source: str, metric: str, env_order: list[str], test_se
         if len(env_columns) >= 2:
             labels = [label for _, _, label in env_columns]
             complete = [t for t in trials if all(label in by_trial[t] for label in labels)]
-            worst = min if metric_meaning(metric).higher_is_better else max
+            worst = worst_of(metric)
             if complete:
                 note = "" if len(complete) == len(trials) else \
                     f"over the {len(complete)} trial(s) with every environment"
